@@ -1,0 +1,1 @@
+"""Composition root: settings, database, the Starlette app, the worker and the CLI."""

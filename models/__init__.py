@@ -1,0 +1,68 @@
+"""SQLAlchemy 2.0 tables of Deskbill, one module per aggregate.
+
+Importing this package registers every table on ``Base.metadata`` (Alembic and the
+test fixtures rely on that). Nothing here imports the rest of Deskbill.
+"""
+
+from models.account import Account, TeamMembership, User
+from models.base import Base
+from models.booking import Booking
+from models.enums import (
+    AccountKind,
+    AdditionalChargesPolicy,
+    AllocationKind,
+    BookingStatus,
+    CreditNoteStatus,
+    DocumentType,
+    InvoiceStatus,
+    LineKind,
+    PaymentMethod,
+    PaymentStatus,
+    PaymentType,
+    PlanInterval,
+    PlanStatus,
+    RefundMethod,
+    RefundStatus,
+    Role,
+)
+from models.event import Event
+from models.idempotency import IdempotencyRecord, ProcessedWebhook
+from models.invoice import CreditAllocation, Invoice, LineItem
+from models.organization import Organization
+from models.payment import Payment, Refund
+from models.plan import PlanSubscription, PlanTemplate
+
+__all__ = [
+    "Account",
+    "AccountKind",
+    "AdditionalChargesPolicy",
+    "AllocationKind",
+    "Base",
+    "Booking",
+    "BookingStatus",
+    "CreditAllocation",
+    "CreditNoteStatus",
+    "DocumentType",
+    "Event",
+    "IdempotencyRecord",
+    "Invoice",
+    "InvoiceStatus",
+    "LineItem",
+    "LineKind",
+    "Organization",
+    "Payment",
+    "PaymentMethod",
+    "PaymentStatus",
+    "PaymentType",
+    "PlanInterval",
+    "PlanStatus",
+    "PlanSubscription",
+    "PlanTemplate",
+    "ProcessedWebhook",
+    "Refund",
+    "RefundMethod",
+    "RefundStatus",
+    "Role",
+    "TeamMembership",
+    "User",
+]

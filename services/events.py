@@ -1,0 +1,77 @@
+"""Appending to the event log (the outbox) inside the changing transaction.
+
+Nothing is published from here: after commit, ``app``'s publisher announces the new
+sequence numbers, and subscribers read the rows back from the table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models import Event
+
+
+class EventType:
+    INVOICE_CREATED = "invoice.created"
+    INVOICE_UPDATED = "invoice.updated"
+    INVOICE_FINALIZED = "invoice.finalized"
+    INVOICE_BECAME_DUE = "invoice.became_due"
+    INVOICE_BECAME_OVERDUE = "invoice.became_overdue"
+    INVOICE_STATUS_CHANGED = "invoice.status_changed"
+    INVOICE_PAID = "invoice.paid"
+    INVOICE_VOIDED = "invoice.voided"
+    INVOICE_UNVOIDED = "invoice.unvoided"
+    LINE_ITEM_ADDED = "line_item.added"
+    LINE_ITEM_REMOVED = "line_item.removed"
+    LINE_ITEM_MOVED = "line_item.moved"
+    CREDIT_NOTE_CREATED = "credit_note.created"
+    CREDIT_NOTE_STATUS_CHANGED = "credit_note.status_changed"
+    CREDIT_ALLOCATED = "credit.allocated"
+    CREDIT_ALLOCATION_REMOVED = "credit.allocation_removed"
+    PAYMENT_CREATED = "payment.created"
+    PAYMENT_STATUS_CHANGED = "payment.status_changed"
+    REFUND_CREATED = "refund.created"
+    REFUND_STATUS_CHANGED = "refund.status_changed"
+    ACCOUNT_CREATED = "account.created"
+    ACCOUNT_UPDATED = "account.updated"
+    POLICY_UPDATED = "organization.policy_updated"
+    PLAN_TEMPLATE_CREATED = "plan_template.created"
+    PLAN_SUBSCRIBED = "plan.subscribed"
+    PLAN_UPDATED = "plan.updated"
+    BOOKING_CREATED = "booking.created"
+    BOOKING_UPDATED = "booking.updated"
+    BOOKING_CANCELLED = "booking.cancelled"
+
+
+def record(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    type: str,
+    at: datetime,
+    account_id: int | None = None,
+    invoice_id: int | None = None,
+    payment_id: int | None = None,
+    credit_note_id: int | None = None,
+    refund_id: int | None = None,
+    actor_user_id: int | None = None,
+    **payload: Any,
+) -> Event:
+    """Add one event row to the session; it commits (or not) with the change."""
+    event = Event(
+        organization_id=organization_id,
+        type=type,
+        account_id=account_id,
+        invoice_id=invoice_id,
+        payment_id=payment_id,
+        credit_note_id=credit_note_id,
+        refund_id=refund_id,
+        actor_user_id=actor_user_id,
+        payload=payload,
+        created_at=at,
+    )
+    session.add(event)
+    return event
