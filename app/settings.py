@@ -38,7 +38,8 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {
-            "database_url": env.get("DATABASE_URL") or env.get("DESKBILL_DATABASE_URL")
+            "database_url": env.get("DATABASE_URL")
+            or env.get("DESKBILL_DATABASE_URL")
             or cls.database_url,
             "broadcast_url": env.get("DESKBILL_BROADCAST_URL", cls.broadcast_url),
             "token_secret": env.get("DESKBILL_TOKEN_SECRET", cls.token_secret),

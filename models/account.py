@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import BigId, Base, created_column, enum_check, id_column, org_column
+from models.base import Base, BigId, created_column, enum_check, id_column, org_column
 from models.enums import AccountKind, Role
 
 

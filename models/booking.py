@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import BigId, Base, UtcDateTime, created_column, enum_check, id_column, org_column
+from models.base import Base, BigId, UtcDateTime, created_column, enum_check, id_column, org_column
 from models.enums import BookingStatus
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import JSON, Index, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import BigId, Base, created_column, id_column, org_column
+from models.base import Base, BigId, created_column, id_column, org_column
 
 Json = JSON().with_variant(JSONB(), "postgresql")
 

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import BigId, Base, UtcDateTime, created_column, enum_check, id_column, org_column
+from models.base import Base, BigId, UtcDateTime, created_column, enum_check, id_column, org_column
 from models.enums import AllocationKind, CreditNoteStatus, DocumentType, InvoiceStatus, LineKind
 
 Amount = BigInteger
@@ -43,9 +43,7 @@ class Invoice(Base):
             name="applied_non_negative",
         ),
         # Payments + credit allocated into an invoice never exceed its total.
-        CheckConstraint(
-            "total < 0 OR amount_paid + credit_applied <= total", name="not_overpaid"
-        ),
+        CheckConstraint("total < 0 OR amount_paid + credit_applied <= total", name="not_overpaid"),
         # Allocated + refunded from a credit note never exceed its credit.
         CheckConstraint(
             "total >= 0 OR (credit_allocated + credit_refunded <= -total"
@@ -67,11 +65,13 @@ class Invoice(Base):
             ["accounts.id", "accounts.organization_id"],
             ondelete="CASCADE",
         ),
-        # SPEC §4.2: at most one PENDING invoice per account and due date.
+        # SPEC §4.2: at most one PENDING invoice per account and due date (a due-today
+        # invoice for additional charges is kept apart from the billing-date one).
         Index(
             "uq_invoices_one_pending_per_due_date",
             "account_id",
             "due_date",
+            "due_today",
             unique=True,
             postgresql_where=text("status = 'PENDING'"),
             sqlite_where=text("status = 'PENDING'"),

@@ -39,9 +39,7 @@ class Organization(Base):
     due_today_grace_minutes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     overdue_after_days: Mapped[int] = mapped_column(Integer, nullable=False, default=7)
     auto_apply_credit: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
-    credit_unused_plan_periods: Mapped[bool] = mapped_column(
-        Boolean, nullable=False, default=True
-    )
+    credit_unused_plan_periods: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     block_bookings_when_overdue: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False
     )

@@ -14,7 +14,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import BigId, Base, UtcDateTime, created_column, enum_check, id_column, org_column
+from models.base import Base, BigId, UtcDateTime, created_column, enum_check, id_column, org_column
 from models.enums import PaymentMethod, PaymentStatus, PaymentType, RefundMethod, RefundStatus
 
 

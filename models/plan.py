@@ -5,7 +5,7 @@ from datetime import date, datetime
 from sqlalchemy import Boolean, CheckConstraint, Date, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import BigId, Base, created_column, enum_check, id_column, org_column
+from models.base import Base, BigId, created_column, enum_check, id_column, org_column
 from models.enums import PlanInterval, PlanStatus
 
 
@@ -45,9 +45,7 @@ class PlanSubscription(Base):
     account_id: Mapped[int] = mapped_column(
         BigId, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False, index=True
     )
-    template_id: Mapped[int] = mapped_column(
-        BigId, ForeignKey("plan_templates.id"), nullable=False
-    )
+    template_id: Mapped[int] = mapped_column(BigId, ForeignKey("plan_templates.id"), nullable=False)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     price: Mapped[int] = mapped_column(BigId, nullable=False)
     interval: Mapped[str] = mapped_column(String(24), nullable=False)

@@ -7,7 +7,7 @@ into minor units and back, rounds half-up, prorates and splits totals exactly.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 from services.errors import ValidationError
 

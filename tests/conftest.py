@@ -56,7 +56,7 @@ async def engine_for(backend: str) -> AsyncEngine:
     if backend == "postgresql":
         try:
             url = await asyncio.wait_for(_ensure_pg_database(), timeout=10)
-        except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
+        except Exception as exc:  # any failure means "no server here"
             if IN_CI:
                 pytest.fail(f"PostgreSQL is required under CI=true but unreachable: {exc}")
             pytest.skip(f"PostgreSQL not reachable at {PG_SERVER}: {exc}")
