@@ -137,7 +137,7 @@ async def create_account(
         if existing is not None:
             raise ConflictError(f"User {user.email} already has an account ({existing}).")
         account_name = _name(name or user.name, "account")
-        account_email = _email(email, required=False) or user.email
+        account_email: str | None = _email(email, required=False) or user.email
     else:
         if user is not None:
             raise ValidationError("A TEAM account belongs to no single user; add members.")
@@ -298,7 +298,7 @@ async def update_account(
             account_id=account.id,
             actor_user_id=actor_user_id,
             change="details",
-            **changes,
+            changes=changes,
         )
         await session.flush()
     return account
