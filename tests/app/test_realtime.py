@@ -430,6 +430,39 @@ async def test_redis_pubsub_connection_killed_under_live_subscribers(
         await sub.close()
 
 
+async def test_postgres_listen_connection_terminated_under_live_subscribers(
+    db: Sessions, pg_broadcast_url: str
+) -> None:
+    org = await make_org(db)
+    async with (
+        running(pg_broadcast_url, db, **fast_failover()) as publisher,
+        running(pg_broadcast_url, db, **fast_failover()) as listener,
+    ):
+        sub = Collector(listener.subscribe(org, after=0))
+        await eventually(lambda: listener.listening_to(org))
+        before = await publish(publisher, db, org)
+        assert await sub.wait_for(1) == before
+
+        # End exactly the listener's LISTEN session, as a failover or an admin would.
+        backend = listener._backend
+        assert backend is not None
+        pid = backend._conn.get_server_pid()  # type: ignore[attr-defined]
+        admin = await asyncpg.connect(pg_broadcast_url)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        during = await publish(publisher, db, org, 2)
+        await eventually(lambda: listener.reconnects >= 1 and listener.connected)
+        await eventually(lambda: listener.listening_to(org))
+
+        heard = listener.announcements_received
+        after = await publish(publisher, db, org)
+        assert await sub.wait_for(4) == before + during + after
+        assert listener.announcements_received > heard
+        await sub.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
