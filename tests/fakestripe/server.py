@@ -311,6 +311,17 @@ class FakeStripe:
             except _ApiError as exc:
                 return {"error": exc.error}
 
+    def confirm_setup(self, setup_intent_id: str, payment_method: str) -> dict[str, Any]:
+        """Save a card through a SetupIntent, as the app's card sheet would."""
+        with self._lock:
+            intent = self._get(self.setup_intents, "setup_intent", setup_intent_id)
+            method = self._payment_method(payment_method)
+            method["customer"] = intent["customer"]
+            intent["payment_method"] = payment_method
+            intent["status"] = "succeeded"
+            self._emit("setup_intent.succeeded", intent)
+            return intent
+
     def process(self) -> list[str]:
         """Decide every ``processing`` intent (the bank answered); returns their ids."""
         with self._lock:

@@ -1,0 +1,181 @@
+"""Stripe webhooks (SPEC §6.4): verify, de-duplicate, and move payments and refunds
+to the state of the object the event carries.
+
+* The signature is checked against the raw body, and its timestamp against the
+  engine's clock with a 300 s tolerance; a bad or stale one raises
+  ``InvalidWebhookError`` (the HTTP layer answers 400) and nothing changes.
+* Each event id is processed once: its ``ProcessedWebhook`` row is inserted first in
+  the same transaction as its effect, so a concurrent duplicate waits on the primary
+  key and then finds it taken; a duplicate is acknowledged and ignored.
+* Events arrive out of order: the state comes from the event's object, applied by the
+  forward-only ``apply_payment_intent_state`` / ``apply_refund_state``, so a late
+  ``payment_failed`` can never undo a ``succeeded``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from models import Account, Organization, Payment, ProcessedWebhook, Refund
+from services import events
+from services.clock import Clock
+from services.events import EventType
+from services.gateway import IntentState, InvalidWebhookError, PaymentGateway, RefundState
+from services.locks import lock_account
+from services.payments import apply_payment_intent_state
+from services.refunds import apply_refund_state
+
+__all__ = ["InvalidWebhookError", "WebhookOutcome", "handle_stripe_webhook"]
+
+PAYMENT_INTENT_EVENTS = frozenset(
+    {
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.canceled",
+        "payment_intent.processing",
+        "payment_intent.requires_action",
+    }
+)
+REFUND_EVENTS = frozenset(
+    {"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"}
+)
+SETUP_EVENTS = frozenset({"setup_intent.succeeded"})
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    """What happened to one delivery: ``duplicate`` when the event id was seen
+    before; ``applied`` when it concerned one of our payments or refunds."""
+
+    event_id: str
+    type: str
+    duplicate: bool = False
+    applied: bool = False
+
+
+class _Duplicate(Exception):
+    pass
+
+
+async def handle_stripe_webhook(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    gateway: PaymentGateway,
+    raw_body: bytes,
+    signature_header: str | None,
+    clock: Clock,
+) -> WebhookOutcome:
+    """Process one webhook delivery; answer 2xx for any outcome it returns.
+
+    Raises ``InvalidWebhookError`` (→ HTTP 400) for a bad signature, stale timestamp
+    or malformed body, before anything is written. Owns its transaction.
+    """
+    now = clock.now()
+    event = gateway.verify_webhook(raw_body, signature_header, now=now)
+    event_id, event_type = str(event["id"]), str(event["type"])
+    obj = (event.get("data") or {}).get("object")
+    if not isinstance(obj, Mapping) or "id" not in obj:
+        raise InvalidWebhookError("The webhook event carries no object.")
+    try:
+        async with sessionmaker() as session, session.begin():
+            session.add(ProcessedWebhook(event_id=event_id, type=event_type, received_at=now))
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise _Duplicate from None
+            applied = await _apply(session, event_type, obj, now)
+    except _Duplicate:
+        return WebhookOutcome(event_id, event_type, duplicate=True)
+    except IntegrityError:
+        # A concurrent delivery of the same event won the primary key at commit.
+        if await _seen(sessionmaker, event_id):
+            return WebhookOutcome(event_id, event_type, duplicate=True)
+        raise
+    return WebhookOutcome(event_id, event_type, applied=applied)
+
+
+async def _seen(sessionmaker: async_sessionmaker[AsyncSession], event_id: str) -> bool:
+    async with sessionmaker() as session:
+        return await session.get(ProcessedWebhook, event_id) is not None
+
+
+async def _apply(
+    session: AsyncSession, event_type: str, obj: Mapping[str, Any], now: datetime
+) -> bool:
+    if event_type in PAYMENT_INTENT_EVENTS:
+        return await _apply_intent(session, IntentState.from_object(obj), now)
+    if event_type in REFUND_EVENTS:
+        return await _apply_refund(session, RefundState.from_object(obj), now)
+    if event_type in SETUP_EVENTS:
+        return await _apply_setup(session, obj, now)
+    return False
+
+
+def _metadata_id(metadata: Mapping[str, str], name: str) -> int | None:
+    value = metadata.get(name)
+    return int(value) if value and str(value).isdigit() else None
+
+
+async def _apply_intent(session: AsyncSession, intent: IntentState, now: datetime) -> bool:
+    payment = await session.scalar(
+        select(Payment).where(Payment.gateway_payment_intent_id == intent.id)
+    )
+    if payment is None:
+        # The webhook may beat our own record of the intent id: find it by metadata.
+        payment_id = _metadata_id(intent.metadata, "deskbill_payment_id")
+        payment = await session.get(Payment, payment_id) if payment_id else None
+        if payment is None or payment.gateway_payment_intent_id not in (None, intent.id):
+            return False
+        if str(payment.organization_id) != intent.metadata.get("deskbill_organization_id"):
+            return False
+    org = await session.get(Organization, payment.organization_id)
+    assert org is not None
+    await apply_payment_intent_state(session, org, payment.id, intent, now)
+    return True
+
+
+async def _apply_refund(session: AsyncSession, state: RefundState, now: datetime) -> bool:
+    refund = await session.scalar(select(Refund).where(Refund.gateway_refund_id == state.id))
+    if refund is None:
+        refund_id = _metadata_id(state.metadata, "deskbill_refund_id")
+        refund = await session.get(Refund, refund_id) if refund_id else None
+        if refund is None or refund.gateway_refund_id not in (None, state.id):
+            return False
+        if str(refund.organization_id) != state.metadata.get("deskbill_organization_id"):
+            return False
+    org = await session.get(Organization, refund.organization_id)
+    assert org is not None
+    await apply_refund_state(session, org, refund.id, state, now)
+    return True
+
+
+async def _apply_setup(session: AsyncSession, obj: Mapping[str, Any], now: datetime) -> bool:
+    """A card saved through a SetupIntent becomes the account's default method when it
+    has none (an admin's explicit choice is never overwritten)."""
+    customer, method = obj.get("customer"), obj.get("payment_method")
+    if isinstance(method, Mapping):
+        method = method.get("id")
+    if not customer or not method:
+        return False
+    found = await session.scalar(select(Account).where(Account.stripe_customer_id == customer))
+    if found is None:
+        return False
+    account = await lock_account(session, found.organization_id, found.id)
+    if account.default_payment_method_id:
+        return False
+    account.default_payment_method_id = str(method)
+    events.record(
+        session,
+        organization_id=account.organization_id,
+        type=EventType.ACCOUNT_UPDATED,
+        at=now,
+        account_id=account.id,
+        default_payment_method_id=account.default_payment_method_id,
+    )
+    return True
