@@ -74,4 +74,6 @@ def record(
         created_at=at,
     )
     session.add(event)
+    # The caller's transaction announces these after commit (see resolvers.context).
+    session.info.setdefault("events", []).append(event)
     return event

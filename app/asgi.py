@@ -1,0 +1,169 @@
+"""The Starlette application: /graphql (HTTP and graphql-transport-ws), /healthz,
+and the routes added by the payment and export modules.
+
+``create_app`` is the one factory used by the CLI, the tests and the benchmarks; it
+takes an engine and a clock so tests can share their database and move time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+
+from app.auth import TokenError, bearer_token, decode_token, load_viewer
+from app.database import create_engine, create_sessionmaker
+from app.graphql import build_schema
+from app.settings import Settings
+from resolvers.context import RequestContext
+from services.clock import Clock, SystemClock
+
+log = logging.getLogger("deskbill")
+
+
+@dataclass
+class AppState:
+    """What lives as long as the process: engines, sessions, clock, channels."""
+
+    settings: Settings
+    engine: AsyncEngine
+    read_engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]
+    clock: Clock
+    services: dict[str, Any] = field(default_factory=dict)
+
+    async def announce(self, organization_id: int, event_id: int) -> None:
+        hub = self.services.get("hub")
+        if hub is not None:
+            await hub.announce(organization_id, event_id)
+
+
+def build_state(
+    settings: Settings, *, engine: AsyncEngine | None = None, clock: Clock | None = None
+) -> AppState:
+    engine = engine or create_engine(settings.database_url)
+    # SQLite takes its write lock at BEGIN; reads get their own engine with ordinary
+    # deferred transactions so they never queue behind writers.
+    if engine.dialect.name == "sqlite":
+        read_engine = create_engine(str(engine.url), immediate=False)
+    else:
+        read_engine = engine
+    return AppState(
+        settings=settings,
+        engine=engine,
+        read_engine=read_engine,
+        sessionmaker=create_sessionmaker(engine),
+        read_sessionmaker=create_sessionmaker(read_engine),
+        clock=clock or SystemClock(),
+    )
+
+
+class DeskbillGraphQL(GraphQL[RequestContext, None]):
+    def __init__(self, state: AppState) -> None:
+        super().__init__(
+            build_schema(state.settings),
+            graphql_ide="graphiql" if state.settings.graphiql else None,
+            allow_queries_via_get=False,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+        )
+        self.state = state
+
+    def _context(self, request: Any, response: Any) -> RequestContext:
+        state = self.state
+        return RequestContext(
+            sessionmaker=state.sessionmaker,
+            read_sessionmaker=state.read_sessionmaker,
+            clock=state.clock,
+            announce=state.announce,
+            services=state.services,
+            request=request,
+            response=response,
+        )
+
+    async def get_context(self, request: Any, response: Any) -> RequestContext:
+        context = self._context(request, response)
+        if isinstance(request, WebSocket):
+            return context  # authenticated by connection_init (on_ws_connect)
+        try:
+            token = bearer_token(request.headers.get("authorization"))
+            if token is not None:
+                await self._authenticate(context, token)
+        except TokenError as refused:
+            context.auth_error = str(refused)
+        return context
+
+    async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
+        params = context.connection_params or {}
+        raw = params.get("authorization") or params.get("Authorization") or params.get("token")
+        try:
+            token = bearer_token(raw) if isinstance(raw, str) and " " in raw else raw
+            if not isinstance(token, str) or not token:
+                raise TokenError("Send the token in connection_init: {authorization: 'Bearer …'}.")
+            await self._authenticate(context, token)
+        except TokenError as refused:
+            raise ConnectionRejectionError({"message": str(refused)}) from None
+        return None
+
+    async def _authenticate(self, context: RequestContext, token: str) -> None:
+        claims = decode_token(self.state.settings, token, self.state.clock.now())
+        async with self.state.read_sessionmaker() as session:
+            context.viewer = await load_viewer(session, claims)
+
+
+async def healthz(request: Request) -> Response:
+    state: AppState = request.app.state.deskbill
+    async with state.read_sessionmaker() as session:
+        from sqlalchemy import text
+
+        await session.execute(text("SELECT 1"))
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: AsyncEngine | None = None,
+    clock: Clock | None = None,
+    start_worker: bool | None = None,
+) -> Starlette:
+    settings = settings or Settings.from_env()
+    state = build_state(settings, engine=engine, clock=clock)
+    graphql = DeskbillGraphQL(state)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        from app.lifecycle import running
+
+        async with running(state, start_worker=start_worker):
+            yield
+        if state.read_engine is not state.engine:
+            await state.read_engine.dispose()
+        if engine is None:
+            await state.engine.dispose()
+
+    from app.routes import extra_routes
+
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/healthz", healthz),
+            *extra_routes(state),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.deskbill = state
+    return app

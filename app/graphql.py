@@ -1,0 +1,86 @@
+"""The Strawberry ``Schema`` assembled from the resolvers, with its safety belts:
+depth, token and alias limits, parser and validation caches, and coded errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
+
+from app.settings import Settings
+from resolvers.query import Query
+from services.errors import DomainError, ValidationError
+
+log = logging.getLogger("deskbill.graphql")
+
+INTERNAL_MESSAGE = (
+    "Something went wrong on our side; the request changed nothing. It has been logged."
+)
+
+
+def _code(error: GraphQLError) -> None:
+    """Give ``error`` its ``extensions.code`` (in place: strawberry keeps several
+    references to the same error objects), masking anything unexpected."""
+    if (error.extensions or {}).get("code"):
+        return
+    original = error.original_error
+    if isinstance(original, DomainError):
+        error.message = original.message
+        error.extensions = {"code": original.code, **original.extensions}
+    elif original is None or isinstance(original, GraphQLError):
+        # Parse and validation errors (depth, tokens, aliases, unknown fields, bad
+        # literal values) carry no exception of ours: the message is already for people.
+        error.extensions = {"code": "GRAPHQL_VALIDATION"}
+    elif isinstance(original, (ValueError, TypeError)) and error.path is None:
+        error.extensions = {"code": ValidationError.code}
+    else:
+        log.error("internal error in %s", error.path, exc_info=original)
+        error.message = INTERNAL_MESSAGE
+        error.extensions = {"code": "INTERNAL_ERROR"}
+        error.original_error = None
+    error.args = (error.message,)
+
+
+class CodedErrors(SchemaExtension):
+    """Every error leaves with ``extensions.code``; anything unexpected is masked."""
+
+    def on_operation(self) -> Iterator[None]:
+        try:
+            yield
+        except GraphQLError as raised:
+            # ParserCache re-raises syntax errors through the extensions; strawberry
+            # then returns this very error object, so coding it here is enough.
+            _code(raised)
+            raise
+        result = self.execution_context.result
+        for error in getattr(result, "errors", None) or ():
+            _code(error)
+        for error in self.execution_context.pre_execution_errors or ():
+            _code(error)
+
+
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    settings = settings or Settings()
+    return strawberry.Schema(
+        query=Query,
+        extensions=[
+            CodedErrors,
+            lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
+            lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
+            lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
+            # Bounded caches: parse and validate each distinct document once.
+            lambda: ParserCache(maxsize=256),
+            lambda: ValidationCache(maxsize=256),
+        ],
+    )

@@ -1,0 +1,79 @@
+"""The per-request context: who is asking, how to reach the database, the clock,
+fresh DataLoaders, and the hook that announces committed events.
+
+``app`` builds one of these for every HTTP request and websocket connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from models import Event, Role
+from services.clock import Clock
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The authenticated caller. ``account_ids`` is None for roles that see the whole
+    organization (ADMIN, ANALYST) and the visible accounts for a MEMBER."""
+
+    user_id: int
+    organization_id: int
+    role: Role
+    currency: str
+    timezone: str
+    account_ids: frozenset[int] | None
+
+    def can_see_account(self, account_id: int) -> bool:
+        return self.account_ids is None or account_id in self.account_ids
+
+
+Announce = Callable[[int, int], Awaitable[None]]
+
+
+async def _no_announce(organization_id: int, event_id: int) -> None:
+    return None
+
+
+@dataclass
+class RequestContext:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]
+    clock: Clock
+    viewer: Viewer | None = None
+    auth_error: str | None = None
+    announce: Announce = _no_announce
+    services: dict[str, Any] = field(default_factory=dict)
+    request: Any = None
+    response: Any = None
+    connection_params: dict[str, Any] | None = None
+    _loaders: Any = None
+
+    @property
+    def loaders(self) -> Any:
+        if self._loaders is None:
+            from resolvers.loaders import Loaders
+
+            if self.viewer is None:
+                raise RuntimeError("loaders need an authenticated viewer")
+            self._loaders = Loaders(self.read_sessionmaker, self.viewer)
+        return self._loaders
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One mutation, one transaction; committed events are announced afterwards."""
+        async with self.sessionmaker.begin() as session:
+            yield session
+            await session.flush()
+            written = [obj for obj in session.info.get("events", ()) if isinstance(obj, Event)]
+        # Only after commit: a subscriber woken now will find the rows.
+        if written:
+            newest = max(event.id for event in written)
+            await self.announce(written[0].organization_id, newest)
+        # Later reads in this request must see what the mutation changed.
+        self._loaders = None
