@@ -393,7 +393,14 @@ class EventHub:
         if task is not None:
             task.cancel()
             # The next subscription to this channel waits for this one to unsubscribe.
-            self._stopping_channels[feed.organization_id] = task
+            org = feed.organization_id
+            self._stopping_channels[org] = task
+
+            def forget(done: asyncio.Task[None]) -> None:
+                if self._stopping_channels.get(org) is done:
+                    del self._stopping_channels[org]
+
+            task.add_done_callback(forget)
 
     async def _read_rows(self, organization_id: int, after: int, upto: int) -> list[Event]:
         async with self._sessionmaker() as session:
