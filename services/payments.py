@@ -60,6 +60,7 @@ from services.gateway import (
 from services.idempotency import run_idempotent
 from services.invoice_status import mark_milestones, set_status, settle, unpaid_status
 from services.locks import lock_account, lock_invoice
+from services.refunds import reconcile_refunds
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
@@ -953,8 +954,35 @@ async def run_payment_jobs(
     sessionmaker: Sessionmaker, gateway: PaymentGateway, org: Organization, now: datetime
 ) -> list[Payment]:
     """The billing run's payment work for one organization, in a safe order: finish
-    unanswered attempts, abandon stale ones, then charge auto-pay invoices."""
+    unanswered attempts (payments and refunds), abandon stale ones, then charge
+    auto-pay invoices. Each gateway call sits between its own transactions."""
     touched = await reconcile_payments(sessionmaker, gateway, org, now)
     touched += await abandon_stale_payments(sessionmaker, gateway, org, now)
     touched += await run_autopay(sessionmaker, gateway, org, now)
+    await reconcile_refunds(sessionmaker, gateway, org, now)
     return touched
+
+
+@dataclass(frozen=True)
+class PaymentJobs:
+    """``run_payment_jobs`` with the gateway bound: the shape of the billing run's
+    per-organization ``ORG_JOBS`` — ``(sessionmaker, org, as_of)``."""
+
+    gateway: PaymentGateway
+
+    async def __call__(
+        self, sessionmaker: Sessionmaker, org: Organization, as_of: datetime
+    ) -> list[Payment]:
+        return await run_payment_jobs(sessionmaker, self.gateway, org, as_of)
+
+
+def register_payment_jobs(gateway: PaymentGateway) -> PaymentJobs:
+    """Add the payment jobs (reconcile, abandon, auto-pay) to every billing run, with
+    the configured gateway; calling it again replaces the earlier registration. The
+    app calls this once the gateway is built from settings."""
+    from services import billing
+
+    job = PaymentJobs(gateway)
+    billing.ORG_JOBS[:] = [j for j in billing.ORG_JOBS if not isinstance(j, PaymentJobs)]
+    billing.ORG_JOBS.append(job)
+    return job

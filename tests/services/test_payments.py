@@ -27,8 +27,9 @@ async def world(db, clock) -> World:
     return await make_world(db, clock)
 
 
-async def _org(world: World):
-    return world.org
+def _intent_id(payment: Payment) -> str:
+    assert payment.gateway_payment_intent_id, "the payment reached the gateway"
+    return payment.gateway_payment_intent_id
 
 
 # --------------------------------------------------------------------------- offline
@@ -117,20 +118,18 @@ async def test_pay_now_processing_then_succeeded(
         world.db, stripe_gateway, world.org, invoice.id, world.now, actor_user_id=account.user_id
     )
     payment = started.payment
-    assert started.client_secret and started.client_secret.startswith(
-        payment.gateway_payment_intent_id
-    )
+    assert started.client_secret and started.client_secret.startswith(_intent_id(payment))
     assert (payment.status, payment.amount, payment.type) == ("PROCESSING", 8_000, "MANUAL")
     fresh = await world.get(Invoice, invoice.id)
     assert (fresh.status, fresh.status_before_processing) == ("PROCESSING", "DUE")
     # The customer was created on first need and kept on the account.
-    stored = fake_stripe.payment_intents[payment.gateway_payment_intent_id]
+    stored = fake_stripe.payment_intents[_intent_id(payment)]
     assert stored["customer"] == (await world.get(type(account), account.id)).stripe_customer_id
     assert stored["metadata"]["deskbill_payment_id"] == str(payment.id)
 
-    fake_stripe.confirm_with_card(payment.gateway_payment_intent_id, "pm_card_visa")
+    fake_stripe.confirm_with_card(_intent_id(payment), "pm_card_visa")
     fake_stripe.process()
-    intent = await stripe_gateway.retrieve_payment_intent(payment.gateway_payment_intent_id)
+    intent = await stripe_gateway.retrieve_payment_intent(_intent_id(payment))
     async with world.db() as session, session.begin():
         done = await payments.apply_payment_intent_state(
             session, world.org, payment.id, intent, world.now
@@ -180,7 +179,7 @@ async def test_charge_now_decline_is_recorded_and_the_invoice_returns(
     payment = await payments.charge_now(world.db, stripe_gateway, world.org, invoice.id, world.now)
     assert (payment.status, payment.error_code) == ("FAILED", "insufficient_funds")
     assert payment.error_message == "Your card has insufficient funds."
-    assert payment.gateway_payment_intent_id in fake_stripe.payment_intents
+    assert _intent_id(payment) in fake_stripe.payment_intents
     fresh = await world.get(Invoice, invoice.id)
     assert (fresh.status, fresh.amount_paid, fresh.status_before_processing) == ("OVERDUE", 0, None)
     changes = await world.event_types(invoice_id=invoice.id)
@@ -230,7 +229,7 @@ async def test_state_only_moves_forward(
     invoice = await world.invoice(account, 3_000)
     payment = await payments.charge_now(world.db, stripe_gateway, world.org, invoice.id, world.now)
     assert payment.status == "SUCCEEDED"
-    intent_id = payment.gateway_payment_intent_id
+    intent_id = _intent_id(payment)
     stale = [
         IntentState(
             intent_id,
@@ -271,9 +270,7 @@ async def test_autopay_charges_a_due_invoice_once(
     assert [p.invoice_id for p in charged] == [invoice.id]
     (payment,) = charged
     assert (payment.type, payment.attempt, payment.status) == ("AUTOMATIC", 1, "SUCCEEDED")
-    assert fake_stripe.payment_intents[payment.gateway_payment_intent_id]["payment_method"] == (
-        "pm_card_visa"
-    )
+    assert fake_stripe.payment_intents[_intent_id(payment)]["payment_method"] == ("pm_card_visa")
     assert (await world.get(Invoice, invoice.id)).status == "PAID"
     assert (await world.get(Invoice, untouched.id)).status == "DUE"
     assert await payments.run_autopay(world.db, stripe_gateway, world.org, world.now) == []
@@ -318,6 +315,27 @@ async def test_autopay_decline_is_retried_once_after_the_retry_hours(
     assert len(fake_stripe.payment_intents) == 2
 
 
+async def test_the_billing_run_charges_auto_pay_through_its_org_jobs(
+    world: World, fake_stripe: FakeStripe, stripe_gateway: StripeGateway
+) -> None:
+    from services import billing
+
+    fake_stripe.customers["cus_b"] = {"id": "cus_b", "object": "customer"}
+    account = await world.account(customer="cus_b", card="pm_card_visa")
+    invoice = await world.invoice(account, 3_300)
+    saved = list(billing.ORG_JOBS)
+    try:
+        payments.register_payment_jobs(OffGateway())
+        job = payments.register_payment_jobs(stripe_gateway)
+        assert [j for j in billing.ORG_JOBS if isinstance(j, payments.PaymentJobs)] == [job]
+        await billing.run_billing(world.db, world.org.id, world.now)
+    finally:
+        billing.ORG_JOBS[:] = saved
+    (payment,) = await world.payments(invoice.id)
+    assert (payment.type, payment.status) == ("AUTOMATIC", "SUCCEEDED")
+    assert (await world.get(Invoice, invoice.id)).status == "PAID"
+
+
 # --------------------------------------------------------------------------- abandoned
 
 
@@ -334,7 +352,7 @@ async def test_abandoned_pay_now_is_canceled_after_30_minutes(
     lost_webhook = await payments.start_card_payment(
         world.db, stripe_gateway, world.org, other.id, world.now
     )
-    fake_stripe.confirm_with_card(lost_webhook.payment.gateway_payment_intent_id, "pm_card_visa")
+    fake_stripe.confirm_with_card(_intent_id(lost_webhook.payment), "pm_card_visa")
     fake_stripe.process()
 
     soon = world.now + timedelta(minutes=29)
@@ -345,7 +363,7 @@ async def test_abandoned_pay_now_is_canceled_after_30_minutes(
     by_id = {p.id: p for p in settled}
     canceled = by_id[quiet.payment.id]
     assert (canceled.status, canceled.error_code) == ("CANCELED", "abandoned")
-    assert fake_stripe.payment_intents[canceled.gateway_payment_intent_id]["status"] == "canceled"
+    assert fake_stripe.payment_intents[_intent_id(canceled)]["status"] == "canceled"
     assert (await world.get(Invoice, invoice.id)).status == "DUE"
     assert by_id[lost_webhook.payment.id].status == "SUCCEEDED"
     assert (await world.get(Invoice, other.id)).status == "PAID"
@@ -397,7 +415,7 @@ async def test_hundred_charges_through_a_lossy_gateway_match_one_intent_each(
     assert len(rows) == 100
     assert len(intents) == 100, "no duplicate PaymentIntent"
     for row in rows:
-        intent = intents[row.gateway_payment_intent_id]
+        intent = intents[_intent_id(row)]
         assert intent["metadata"]["deskbill_payment_id"] == str(row.id)
         assert intent["amount"] == row.amount
         assert (row.status, intent["status"]) == ("SUCCEEDED", "succeeded")

@@ -33,7 +33,7 @@ def _intent_id(payment: Payment) -> str:
     return payment.gateway_payment_intent_id
 
 
-async def _deliver(world: World, gateway: StripeGateway, body: bytes, header: str):
+async def _deliver(world: World, gateway: StripeGateway, body: bytes, header: str | None):
     return await handle_stripe_webhook(world.db, gateway, body, header, world.clock)
 
 
