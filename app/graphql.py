@@ -72,8 +72,11 @@ class CodedErrors(SchemaExtension):
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     settings = settings or Settings()
+    from resolvers.mutation import Mutation
+
     return strawberry.Schema(
         query=Query,
+        mutation=Mutation,
         extensions=[
             CodedErrors,
             lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),

@@ -1,15 +1,89 @@
-"""What starts and stops with the server: the event hub and the billing worker."""
+"""What starts and stops with a process: the payment gateway and the engine hooks
+that need it, the event hub (broadcast channel), and the billing worker."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.database import create_engine, create_sessionmaker
+from app.realtime import EventHub
+from app.settings import Settings
+from services import credit, invoices
+from services.gateway import PaymentGateway, gateway_from_settings
+from services.payments import register_payment_jobs
 
 if TYPE_CHECKING:
     from app.asgi import AppState
 
 
+def install_engine_hooks(gateway: PaymentGateway) -> None:
+    """Connect the engine's pieces that must not import each other: credit applies
+    on finalization, and the billing run drives payments through this gateway."""
+    if credit.after_finalize not in invoices.AFTER_FINALIZE:
+        invoices.AFTER_FINALIZE.append(credit.after_finalize)
+    register_payment_jobs(gateway)
+
+
+def build_gateway(settings: Settings) -> PaymentGateway:
+    return gateway_from_settings(
+        settings.stripe_api_key, settings.stripe_webhook_secret, settings.stripe_api_base
+    )
+
+
 @asynccontextmanager
 async def running(state: AppState, *, start_worker: bool | None = None) -> AsyncIterator[None]:
-    yield
+    """The server's lifespan: gateway and hooks, hub, and (if enabled) the worker."""
+    from app.worker import billing_loop
+
+    settings = state.settings
+    gateway = state.services.get("gateway") or build_gateway(settings)
+    state.services["gateway"] = gateway
+    install_engine_hooks(gateway)
+    hub = EventHub(settings.broadcast_url, state.read_sessionmaker)
+    await hub.start()
+    state.services["hub"] = hub
+    worker: asyncio.Task[None] | None = None
+    if settings.worker_enabled if start_worker is None else start_worker:
+        worker = asyncio.create_task(
+            billing_loop(
+                state.sessionmaker, state.clock, settings.worker_interval_seconds, hub.announce
+            )
+        )
+    try:
+        yield
+    finally:
+        if worker is not None:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        await hub.stop()
+        state.services.pop("hub", None)
+        close = getattr(gateway, "aclose", None)
+        if close is not None:
+            await close()
+
+
+@asynccontextmanager
+async def engine_services(
+    settings: Settings,
+) -> AsyncIterator[tuple[async_sessionmaker[AsyncSession], PaymentGateway, Any]]:
+    """Database, gateway and hub for a process without HTTP (CLI, worker)."""
+    engine = create_engine(settings.database_url)
+    gateway = build_gateway(settings)
+    install_engine_hooks(gateway)
+    hub = EventHub(settings.broadcast_url, create_sessionmaker(engine))
+    await hub.start()
+    try:
+        yield create_sessionmaker(engine), gateway, hub
+    finally:
+        await hub.stop()
+        close = getattr(gateway, "aclose", None)
+        if close is not None:
+            await close()
+        await engine.dispose()

@@ -75,5 +75,20 @@ class RequestContext:
         if written:
             newest = max(event.id for event in written)
             await self.announce(written[0].organization_id, newest)
-        # Later reads in this request must see what the mutation changed.
+        self.reset_loaders()
+
+    async def announce_latest(self, organization_id: int) -> None:
+        """Wake subscribers after work that committed in transactions of its own
+        (the billing run): they read the log from their cursors anyway."""
+        from sqlalchemy import func, select
+
+        async with self.read_sessionmaker() as session:
+            newest = await session.scalar(
+                select(func.max(Event.id)).where(Event.organization_id == organization_id)
+            )
+        if newest is not None:
+            await self.announce(organization_id, int(newest))
+
+    def reset_loaders(self) -> None:
+        """Later reads in this request must see what a mutation changed."""
         self._loaders = None

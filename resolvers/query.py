@@ -33,7 +33,14 @@ from models import (
 from models.enums import OUTSTANDING_STATUSES
 from resolvers import mapping
 from resolvers.pagination import Ordering, encode_cursor, paginate
-from resolvers.permissions import account_scope, context, pk_of, pks_of, viewer
+from resolvers.permissions import (
+    account_scope,
+    context,
+    ensure_account_visible,
+    pk_of,
+    pks_of,
+    viewer,
+)
 from schema import filters as f
 from schema import types as t
 from schema.enums import SortDirection
@@ -503,6 +510,27 @@ class Query:
             to_node=mapping.event,
             first=first,
             after=None if after is None else _event_cursor_to_keyset(after),
+        )
+
+    @strawberry.field(description="May this account book now? If not, why (SPEC §8.1).")
+    async def booking_eligibility(
+        self, info: Info, account_id: strawberry.ID
+    ) -> t.BookingEligibility:
+        from services import accounts, bookings
+        from services.policy import get_organization
+
+        who = viewer(info)
+        pk = pk_of(account_id, "Account", field="accountId")
+        ensure_account_visible(who, pk)
+        async with context(info).read_sessionmaker() as session:
+            org = await get_organization(session, who.organization_id)
+            account = await accounts.get_account(session, org, pk)
+            verdict = await bookings.booking_eligibility(session, org, account)
+        overdue = await context(info).loaders.invoice.load_many(verdict.overdue_invoice_ids)
+        return t.BookingEligibility(
+            eligible=verdict.eligible,
+            reason=verdict.reason,
+            overdue_invoices=[inv for inv in overdue if inv is not None],
         )
 
     @strawberry.field

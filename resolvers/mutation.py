@@ -1,0 +1,7 @@
+"""The Mutation root, merged from one type per mutation group."""
+
+from strawberry.tools import merge_types
+
+from resolvers.mutations.billing import BillingMutations
+
+Mutation = merge_types("Mutation", (BillingMutations,))
