@@ -348,3 +348,36 @@ async def test_concurrent_runs_never_duplicate_work(
             select(func.count()).where(Event.type == EventType.INVOICE_FINALIZED)
         )
         assert finalized_events == len(numbers)
+
+
+async def test_automatic_finalization_applies_credit_through_the_hook(
+    db: Sessions, clock: FixedClock
+) -> None:
+    # The seam services.credit plugs into: with its hook registered, an invoice that
+    # finalizes automatically is paid from the account's available credit.
+    from services import credit
+
+    org = await make_org(db, clock)
+    account = await make_account(db, org, clock)
+    async with db.begin() as session:
+        note = await invoices.create_manual_invoice(
+            session,
+            await fresh_org(session, org),
+            account,
+            [invoices.ManualCredit("Goodwill", 5000)],
+            clock.now(),
+        )
+    assert note.number == "CN-000001"
+    line = await _charge(db, org, account, clock.now(), amount=3000)
+
+    registered = credit.after_finalize not in invoices.AFTER_FINALIZE
+    if registered:
+        invoices.AFTER_FINALIZE.append(credit.after_finalize)
+    try:
+        await run_billing(db, org.id, at(2026, 9, 1))
+    finally:
+        if registered:
+            invoices.AFTER_FINALIZE.remove(credit.after_finalize)
+    paid = await invoice(db, line.invoice_id)
+    assert (paid.number, paid.status, paid.credit_applied) == ("INV-000001", "PAID", 3000)
+    assert (await invoice(db, note.id)).credit_remaining == 2000

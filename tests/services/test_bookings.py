@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from models import Account, Booking, InvoiceStatus, LineKind, Organization
-from services import bookings
+from services import bookings, policy
 from services.billing import run_billing
 from services.bookings import ChargeAdjustment
 from services.clock import FixedClock
@@ -267,3 +267,31 @@ async def test_day_passes_and_one_time_charges_are_additional_charges(
     assert (sale.kind, sale.amount) == (LineKind.CHARGE, 2400)
     assert day_pass.invoice_id == sale.invoice_id
     assert (await invoice(db, sale.invoice_id)).due_date == d(2026, 9, 1)
+
+
+async def test_under_new_invoice_due_today_a_booking_never_touches_the_march_1_invoice(
+    db: Sessions, clock: FixedClock
+) -> None:
+    clock.set(at(2027, 2, 10, 9))
+    org = await make_org(db, clock)
+    account = await make_account(db, org, clock)
+    await _book(db, org, account, at(2027, 2, 12, 10), now=clock.now())
+    await run_billing(db, org.id, at(2027, 3, 1))
+    (march,) = await invoices_of(db, account.id)
+    march_lines = [(x.id, x.total) for x in await lines_of(db, march.id)]
+    async with db.begin() as session:
+        await policy.update_policy(
+            session, org, at(2027, 3, 2), additional_charges="NEW_INVOICE_DUE_TODAY"
+        )
+
+    booking = await _book(
+        db, org, account, at(2027, 3, 12, 10), price=2500, now=at(2027, 3, 10, 14)
+    )
+
+    _, new = await invoices_of(db, account.id)
+    assert (new.due_date, new.number, new.status) == (d(2027, 3, 10), "INV-000002", "DUE")
+    (line,) = await lines_of(db, new.id)
+    assert line.booking_id == booking.id
+    after = await invoice(db, march.id)
+    assert [(x.id, x.total) for x in await lines_of(db, march.id)] == march_lines
+    assert (after.total, after.number) == (march.total, "INV-000001")
