@@ -154,6 +154,7 @@ def create_app(
         if engine is None:
             await state.engine.dispose()
 
+    from app.exports import export_routes
     from app.routes import extra_routes
 
     app = Starlette(
@@ -162,6 +163,7 @@ def create_app(
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             *extra_routes(state),
+            *export_routes(state),
         ],
         lifespan=lifespan,
     )

@@ -32,6 +32,7 @@ from models import (
 )
 from models.enums import OUTSTANDING_STATUSES
 from resolvers import mapping
+from resolvers.context import Viewer
 from resolvers.pagination import Ordering, encode_cursor, paginate
 from resolvers.permissions import (
     account_scope,
@@ -123,9 +124,8 @@ def invoice_sort_key(field: str) -> Any:
     }[field]
 
 
-def invoices_statement(info: Info, flt: f.InvoiceFilter | None) -> Select[Any]:
+def invoices_statement(who: Viewer, flt: f.InvoiceFilter | None) -> Select[Any]:
     """Invoices the viewer may see, filtered; shared by the list and the CSV export."""
-    who = viewer(info)
     flt = flt or f.InvoiceFilter()
     doc_types = (
         _values(flt.document_type)
@@ -153,8 +153,7 @@ def invoices_statement(info: Info, flt: f.InvoiceFilter | None) -> Select[Any]:
     return select(Invoice).where(*where)
 
 
-def credit_notes_statement(info: Info, flt: f.CreditNoteFilter | None) -> Select[Any]:
-    who = viewer(info)
+def credit_notes_statement(who: Viewer, flt: f.CreditNoteFilter | None) -> Select[Any]:
     flt = flt or f.CreditNoteFilter()
     where: list[Any] = [
         Invoice.organization_id == who.organization_id,
@@ -176,8 +175,7 @@ def credit_notes_statement(info: Info, flt: f.CreditNoteFilter | None) -> Select
     return select(Invoice).where(*where)
 
 
-def invoice_items_statement(info: Info, flt: f.InvoiceItemFilter | None) -> Select[Any]:
-    who = viewer(info)
+def invoice_items_statement(who: Viewer, flt: f.InvoiceItemFilter | None) -> Select[Any]:
     flt = flt or f.InvoiceItemFilter()
     where: list[Any] = [
         LineItem.organization_id == who.organization_id,
@@ -198,8 +196,7 @@ def invoice_items_statement(info: Info, flt: f.InvoiceItemFilter | None) -> Sele
     return select(LineItem).join(Invoice, Invoice.id == LineItem.invoice_id).where(*where)
 
 
-def payments_statement(info: Info, flt: f.PaymentFilter | None) -> Select[Any]:
-    who = viewer(info)
+def payments_statement(who: Viewer, flt: f.PaymentFilter | None) -> Select[Any]:
     flt = flt or f.PaymentFilter()
     where: list[Any] = [
         Payment.organization_id == who.organization_id,
@@ -322,7 +319,7 @@ class Query:
         )
         return await paginate(
             context(info).read_sessionmaker,
-            invoices_statement(info, filter),
+            invoices_statement(viewer(info), filter),
             ordering,
             to_node=mapping.invoice,
             **_connection_args(first, after),
@@ -343,7 +340,7 @@ class Query:
         )
         return await paginate(
             context(info).read_sessionmaker,
-            credit_notes_statement(info, filter),
+            credit_notes_statement(viewer(info), filter),
             ordering,
             to_node=mapping.credit_note,
             **_connection_args(first, after),
@@ -363,7 +360,7 @@ class Query:
         key = getattr(LineItem, sort.field.value)
         return await paginate(
             context(info).read_sessionmaker,
-            invoice_items_statement(info, filter),
+            invoice_items_statement(viewer(info), filter),
             _ordering(key, LineItem.id, direction=sort.direction),
             to_node=lambda row: mapping.line(row, who.currency),
             **_connection_args(first, after),
@@ -382,7 +379,7 @@ class Query:
         key = getattr(Payment, sort.field.value)
         return await paginate(
             context(info).read_sessionmaker,
-            payments_statement(info, filter),
+            payments_statement(viewer(info), filter),
             _ordering(key, Payment.id, direction=sort.direction),
             to_node=mapping.payment,
             **_connection_args(first, after),
@@ -505,7 +502,7 @@ class Query:
     ) -> Connection[t.Event]:
         return await paginate(
             context(info).read_sessionmaker,
-            events_statement(info, filter),
+            events_statement(viewer(info), filter),
             Ordering(keys=[Event.id], descending=False),
             to_node=mapping.event,
             first=first,
@@ -570,8 +567,7 @@ async def _organization_row(info: Info) -> Organization:
     return org
 
 
-def events_statement(info: Info, flt: f.EventFilter | None) -> Select[Any]:
-    who = viewer(info)
+def events_statement(who: Viewer, flt: f.EventFilter | None) -> Select[Any]:
     flt = flt or f.EventFilter()
     where: list[Any] = [Event.organization_id == who.organization_id]
     if who.account_ids is not None:
