@@ -3,5 +3,7 @@
 from strawberry.tools import merge_types
 
 from resolvers.mutations.billing import BillingMutations
+from resolvers.mutations.credit import CreditMutations
+from resolvers.mutations.payments import PaymentMutations
 
-Mutation = merge_types("Mutation", (BillingMutations,))
+Mutation = merge_types("Mutation", (BillingMutations, CreditMutations, PaymentMutations))
