@@ -73,10 +73,12 @@ class CodedErrors(SchemaExtension):
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     settings = settings or Settings()
     from resolvers.mutation import Mutation
+    from resolvers.subscription import Subscription
 
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=[
             CodedErrors,
             lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
