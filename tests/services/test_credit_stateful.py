@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy
 import sqlalchemy.event
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import func, select
@@ -62,7 +62,7 @@ from services import credit
 from services.errors import DomainError
 from services.invoice_status import settle
 from services.locks import lock_account, lock_invoices
-from tests.services.test_credit import make_invoice, make_pending, make_world
+from tests.services.test_credit import make_credit_note, make_invoice, make_pending, make_world
 
 T = TypeVar("T")
 
@@ -109,19 +109,29 @@ class CreditMachine(RuleBasedStateMachine):
         self.reader = sqlalchemy.create_engine(f"sqlite:///{self.tmp / 'machine.db'}")
         self.sessions = create_sessionmaker(self.engine)
         self.now = datetime(2026, 8, 15, 9, 0, tzinfo=UTC)
-        self.run(self._setup())
         # Ids only: every step re-reads rows in its own session.
         self.invoices: list[int] = []
+        self.owner: dict[int, int] = {}  # invoice or credit note id -> account id
         self.notes: list[int] = []
         self.allocations: list[int] = []
         self.credit_lines: list[int] = []
         self.pending_due = date(2026, 9, 1)
+        self.run(self._setup())
 
     async def _setup(self) -> None:
         async with self.sessions() as s, s.begin():
             world = await make_world(s, self.now)
             self.org_id = world.org.id
             self.accounts = [world.alice.id, world.team.id]
+            # Every account starts with one invoice owed and one credit note to spend,
+            # so allocations are possible from the first step.
+            opening = ((world.alice, 9_000, 5_000), (world.team, 4_000, 12_000))
+            for account, owed, given in opening:
+                invoice = await make_invoice(s, world.org, account, owed, self.now)
+                note = await make_credit_note(s, world.org, account, given, self.now)
+                self.invoices.append(invoice.id)
+                self.notes.append(note.id)
+                self.owner[invoice.id] = self.owner[note.id] = account.id
 
     def run(self, coro: Awaitable[T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -165,6 +175,7 @@ class CreditMachine(RuleBasedStateMachine):
         invoice_id = self.in_transaction(work)
         assert invoice_id is not None
         self.invoices.append(invoice_id)
+        self.owner[invoice_id] = self.accounts[who % len(self.accounts)]
 
     @rule(who=picks, amount=amounts, spend=st.booleans())
     def issue_credit(self, who: int, amount: int, spend: bool) -> None:
@@ -183,21 +194,38 @@ class CreditMachine(RuleBasedStateMachine):
         note_id = self.in_transaction(work)
         assert note_id is not None
         self.notes.append(note_id)
+        self.owner[note_id] = self.accounts[who % len(self.accounts)]
 
     @precondition(lambda self: self.notes and self.invoices)
-    @rule(note_pick=picks, invoice_pick=picks, amount=amounts, automatic=st.booleans())
-    def allocate(self, note_pick: int, invoice_pick: int, amount: int, automatic: bool) -> None:
+    @rule(
+        note_pick=picks,
+        invoice_pick=picks,
+        same_account=st.booleans(),
+        percent=st.integers(1, 130),
+        automatic=st.booleans(),
+    )
+    def allocate(
+        self, note_pick: int, invoice_pick: int, same_account: bool, percent: int, automatic: bool
+    ) -> None:
         note_id = self.notes[note_pick % len(self.notes)]
-        invoice_id = self.invoices[invoice_pick % len(self.invoices)]
+        # Half the attempts aim at the note's own account, so that allocations are
+        # accepted often enough; the other half mostly probe the cross-account refusal.
+        candidates = [
+            i for i in self.invoices if not same_account or self.owner[i] == self.owner[note_id]
+        ] or self.invoices
+        invoice_id = candidates[invoice_pick % len(candidates)]
 
         async def work(s: AsyncSession, org: Organization) -> CreditAllocation:
             note, target = await s.get(Invoice, note_id), await s.get(Invoice, invoice_id)
             assert note is not None and target is not None
+            # A share of what could be applied: above 100 % it must be refused.
+            limit = min(note.credit_remaining, target.balance_due)
+            amount = max(1, limit * percent // 100) if limit > 0 else percent * 100
             allowed = (
                 note.account_id == target.account_id
                 and note.credit_note_status == CreditNoteStatus.AVAILABLE
                 and target.status in OUTSTANDING_STATUSES
-                and amount <= min(note.credit_remaining, target.balance_due)
+                and amount <= limit
             )
             try:
                 made = await credit.allocate(
@@ -211,6 +239,7 @@ class CreditMachine(RuleBasedStateMachine):
             return made
 
         made = self.in_transaction(work)
+        event("allocate: accepted" if made is not None else "allocate: refused")
         if made is not None:
             self.allocations.append(made.id)
 
@@ -367,8 +396,10 @@ class CreditMachine(RuleBasedStateMachine):
             return note.id, allocation.id
 
         moved = self.in_transaction(work)
+        event("move credit line: accepted" if moved is not None else "move credit line: refused")
         if moved is not None:
             self.notes.append(moved[0])
+            self.owner[moved[0]] = self.owner[invoice_id]
             self.allocations.append(moved[1])
             self.credit_lines.remove(line_id)
 
