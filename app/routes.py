@@ -1,14 +1,50 @@
-"""Plain HTTP routes beside /graphql: the Stripe webhook and CSV exports."""
+"""Plain HTTP routes beside /graphql: the Stripe webhook.
+
+``POST /webhooks/stripe`` hands the raw body and the ``Stripe-Signature`` header to
+``handle_stripe_webhook``: a bad signature, a stale timestamp or a malformed event is
+400 and changes nothing; anything it accepts (duplicates included) is 200, so Stripe
+stops redelivering. After the event's transaction commits, its new events are
+announced so subscribers hear the payment or refund move.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from app.worker import _log_head, _newest_events
+from services.gateway import InvalidWebhookError, OffGateway
+from services.webhooks import handle_stripe_webhook
 
 if TYPE_CHECKING:
     from app.asgi import AppState
 
 
+def stripe_webhook(state: AppState) -> Route:
+    async def receive(request: Request) -> Response:
+        # The signature covers the exact bytes Stripe sent: never re-encode the JSON.
+        body = await request.body()
+        header = request.headers.get("stripe-signature")
+        gateway = state.services.get("gateway") or OffGateway()
+        head = await _log_head(state.read_sessionmaker)
+        try:
+            outcome = await handle_stripe_webhook(
+                state.sessionmaker, gateway, body, header, state.clock
+            )
+        except InvalidWebhookError as refused:
+            return JSONResponse({"error": refused.message}, status_code=400)
+        if outcome.applied:
+            for org, newest in (await _newest_events(state.read_sessionmaker, head)).items():
+                await state.announce(org, newest)
+        return JSONResponse(
+            {"received": True, "duplicate": outcome.duplicate, "applied": outcome.applied}
+        )
+
+    return Route("/webhooks/stripe", receive, methods=["POST"])
+
+
 def extra_routes(state: AppState) -> list[BaseRoute]:
-    return []
+    return [stripe_webhook(state)]

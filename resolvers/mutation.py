@@ -4,5 +4,6 @@ from strawberry.tools import merge_types
 
 from resolvers.mutations.billing import BillingMutations
 from resolvers.mutations.credit import CreditMutations
+from resolvers.mutations.payments import PaymentMutations
 
-Mutation = merge_types("Mutation", (BillingMutations, CreditMutations))
+Mutation = merge_types("Mutation", (BillingMutations, CreditMutations, PaymentMutations))
