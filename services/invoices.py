@@ -47,7 +47,7 @@ from services.clock import local_date, start_of_day
 from services.errors import InvalidStateError, NotFoundError, ValidationError
 from services.events import EventType
 from services.invoice_status import mark_milestones, set_status, settle, unpaid_status
-from services.locks import lock_account, lock_invoice
+from services.locks import lock_account, lock_invoice, lock_organization
 
 INVOICE_PREFIX = "INV-"
 CREDIT_NOTE_PREFIX = "CN-"
@@ -441,27 +441,6 @@ async def place_additional_charge(
 # --------------------------------------------------------------------------- finalization
 
 
-async def lock_organization_for_numbering(session: AsyncSession, org_id: int) -> Organization:
-    """The organization row, locked to take the next number of a series.
-
-    ``FOR NO KEY UPDATE`` rather than ``services.locks.lock_organization``'s
-    ``FOR UPDATE``: every insert of a row referencing the organization (invoices, lines,
-    events) holds a ``FOR KEY SHARE`` lock on it, which ``FOR UPDATE`` waits for — two
-    finalizing transactions that have each inserted rows then deadlock on each other.
-    ``FOR NO KEY UPDATE`` still serializes numbering (it conflicts with itself) but not
-    with those key-share locks. SQLite ignores the clause (its write lock covers it).
-    """
-    org = await session.scalar(
-        select(Organization)
-        .where(Organization.id == org_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    if org is None:
-        raise NotFoundError("No such organization.")
-    return org
-
-
 async def finalize(
     session: AsyncSession,
     org: Organization,
@@ -504,7 +483,7 @@ async def finalize(
     if manual and not keep_due_date and invoice.due_date > today:
         invoice.due_date = today
 
-    locked_org = await lock_organization_for_numbering(session, org.id)
+    locked_org = await lock_organization(session, org.id)
     if invoice.total < 0:
         invoice.document_type = DocumentType.CREDIT_NOTE
         invoice.number = f"{CREDIT_NOTE_PREFIX}{locked_org.next_credit_note_number:06d}"

@@ -67,10 +67,13 @@ async def lock_invoice(session: AsyncSession, organization_id: int, invoice_id: 
 
 
 async def lock_organization(session: AsyncSession, organization_id: int) -> Organization:
+    """Serialize the number series. ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: every
+    insert that references the organization holds a KEY SHARE lock on its row, which
+    FOR UPDATE would wait on, deadlocking two finalizations that both inserted rows."""
     org = await session.scalar(
         select(Organization)
         .where(Organization.id == organization_id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
     if org is None:

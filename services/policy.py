@@ -21,7 +21,7 @@ from services import events, money
 from services.clock import start_of_day
 from services.errors import ConflictError, InvalidStateError, NotFoundError, ValidationError
 from services.events import EventType
-from services.invoices import lock_organization_for_numbering
+from services.locks import lock_organization
 
 # The settings of SPEC §3, by their engine names, with what each must be.
 POLICY_FIELDS = (
@@ -157,7 +157,7 @@ async def update_policy(
     clean = _validated(changes)
     # The same row lock as numbering: a policy change waits for, never deadlocks with,
     # transactions that are finalizing invoices.
-    org = await lock_organization_for_numbering(session, org.id)
+    org = await lock_organization(session, org.id)
     clean = {k: v for k, v in clean.items() if getattr(org, k) != v}
     if not clean:
         return org
