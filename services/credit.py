@@ -37,7 +37,7 @@ from models import (
     PlanSubscription,
 )
 from models.enums import OUTSTANDING_STATUSES
-from services import events, money
+from services import events, invoices, money
 from services.clock import local_date
 from services.errors import InvalidStateError, NotFoundError, ValidationError
 from services.events import EventType
@@ -628,14 +628,6 @@ async def issue_credit_note(
     return note
 
 
-def _recompute_pending_totals(invoice: Invoice, lines: Sequence[LineItem]) -> None:
-    # Written here because services/invoices.py exposed no recompute helper; totals
-    # are the sums of the lines, whose tax was already rounded per line (SPEC §2.3).
-    invoice.subtotal = sum(line.amount for line in lines)
-    invoice.tax = sum(line.tax for line in lines)
-    invoice.total = sum(line.total for line in lines)
-
-
 async def move_credit_line(
     session: AsyncSession,
     org: Organization,
@@ -695,10 +687,7 @@ async def move_credit_line(
     line.moved_from_invoice_id = source.id
     await session.flush()
 
-    remaining_lines = list(
-        await session.scalars(select(LineItem).where(LineItem.invoice_id == source.id))
-    )
-    _recompute_pending_totals(source, remaining_lines)
+    await invoices.recompute_totals(session, source)
     source.updated_at = now
     if source.due_today:
         # A due-today invoice waits its grace period after its last change (SPEC §3).
@@ -907,6 +896,52 @@ async def credit_for_plan_change(
     return PlanChangeCredit(amount=-sum(spec.amount for spec in lines), lines=lines)
 
 
+async def apply_plan_change_credit(
+    session: AsyncSession,
+    org: Organization,
+    subscription: PlanSubscription,
+    new_end: date,
+    now: datetime,
+    *,
+    credit_unused_periods: bool | None = None,
+    deposit_return: int = 0,
+    actor_user_id: int | None = None,
+) -> list[LineItem]:
+    """Compute the credit of ``credit_for_plan_change`` and place each line where the
+    policy puts additional charges and credit (SPEC §5.4) — the pending invoice, or a
+    new due-today invoice that becomes a credit note when it finalizes."""
+    owed = await credit_for_plan_change(
+        session,
+        org,
+        subscription,
+        new_end,
+        credit_unused_periods=credit_unused_periods,
+        deposit_return=deposit_return,
+    )
+    account = await lock_account(session, org.id, subscription.account_id)
+    placed: list[LineItem] = []
+    for spec in owed.lines:
+        placed.append(
+            await invoices.place_additional_charge(
+                session,
+                org,
+                account,
+                invoices.LineSpec(
+                    description=spec.description,
+                    unit_price=spec.amount,
+                    kind=LineKind.CREDIT,
+                    tax_rate_ppm=spec.tax_rate_ppm,
+                    period_start=spec.period_start,
+                    period_end=spec.period_end,
+                    plan_subscription_id=spec.plan_subscription_id,
+                ),
+                now,
+                actor_user_id=actor_user_id,
+            )
+        )
+    return placed
+
+
 def _unused_period_credit(
     subscription: PlanSubscription,
     period: LineItem,
@@ -949,3 +984,10 @@ def _unused_period_credit(
         period_start=unused_from,
         period_end=end,
     )
+
+
+# Finalization applies credit through this hook (SPEC §5.5); services.invoices keeps a
+# list instead of importing this module. The guard keeps a second registration (the
+# app's lifecycle does one too) from applying credit twice.
+if after_finalize not in invoices.AFTER_FINALIZE:
+    invoices.AFTER_FINALIZE.append(after_finalize)

@@ -751,3 +751,55 @@ async def test_credit_notes_of_account_filters_by_status(db: Sessions, clock: Fi
             free.id,
         ]
         assert await credit.available_credit(s, w.bob.id) == 700
+
+
+async def test_plan_change_credit_lands_on_the_next_pending_invoice(
+    db: Sessions, clock: FixedClock
+) -> None:
+    now = clock.now()
+    async with db() as s, s.begin():
+        w = await make_world(s, now)
+        sub = await _subscription(s, w, now)
+        await _paid_plan_period(s, w, sub, date(2026, 9, 1), date(2026, 9, 30), 30_000, now)
+
+        placed = await credit.apply_plan_change_credit(
+            s, w.org, sub, date(2026, 9, 20), now, deposit_return=5_000, actor_user_id=w.admin_id
+        )
+
+        assert [(li.kind, li.amount, li.period_start) for li in placed] == [
+            (LineKind.CREDIT, -10_000, date(2026, 9, 21)),
+            (LineKind.CREDIT, -5_000, None),
+        ]
+        pending = await s.get(Invoice, placed[0].invoice_id)
+        assert pending is not None and pending.status == InvoiceStatus.PENDING
+        assert pending.due_date == date(2026, 9, 1) and pending.total == -15_000
+        assert placed[1].invoice_id == pending.id
+
+
+async def test_finalization_applies_credit_through_the_hook(
+    db: Sessions, clock: FixedClock
+) -> None:
+    from services import invoices
+
+    now = clock.now()
+    async with db() as s, s.begin():
+        w = await make_world(s, now)
+        assert credit.after_finalize in invoices.AFTER_FINALIZE
+        note = await make_credit_note(s, w.org, w.alice, 5_500, now - timedelta(days=400))
+        manual, _ = await make_pending(s, w.org, w.alice, [5_000], now, due=date(2026, 9, 1))
+        automatic, _ = await make_pending(s, w.org, w.alice, [1_000], now, due=date(2026, 8, 10))
+        declined, _ = await make_pending(s, w.org, w.alice, [700], now, due=date(2026, 10, 1))
+
+        await invoices.finalize(s, w.org, manual, now, manual=True, apply_credit=True)
+        await invoices.finalize(s, w.org, automatic, now, manual=False, apply_credit=True)
+        await invoices.finalize(s, w.org, declined, now, manual=True, apply_credit=False)
+
+        made = await credit.allocations_of(s, w.org, credit_note_id=note.id)
+        assert [(a.invoice_id, a.amount, a.kind) for a in made] == [
+            (manual.id, 5_000, AllocationKind.MANUAL),
+            (automatic.id, 500, AllocationKind.AUTOMATIC),
+        ]
+        assert manual.status == InvoiceStatus.PAID
+        assert automatic.status == InvoiceStatus.DUE and automatic.balance_due == 500
+        assert declined.credit_applied == 0 and declined.status == InvoiceStatus.DUE
+        assert note.credit_note_status == CreditNoteStatus.CONSUMED
