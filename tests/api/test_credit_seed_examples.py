@@ -281,11 +281,9 @@ class Desk:
         return data["addCredit"]
 
 
-@pytest.fixture
-async def desk(api: Api, clock: FixedClock) -> Desk:
+async def open_desk(api: Api, clock: FixedClock) -> Desk:
     """An empty organization (billing day 1, UTC, USD, no tax, auto-pay off so nothing
     reaches a gateway) with an admin and an analyst."""
-    clock.set(at(2024, 1, 4, 9))
     async with api.state.sessionmaker.begin() as session:
         org = await policy.create_organization(
             session, "Hive Coworking", f"hive-credit-{next(_slugs)}", "USD", clock.now(),
@@ -299,6 +297,17 @@ async def desk(api: Api, clock: FixedClock) -> Desk:
                 now=clock.now(),
             )  # fmt: skip
     return Desk(api=api, clock=clock, org_id=org.id, staff=staff)
+
+
+# Dates stay in the past of the real calendar: PyJWT refuses a token whose "iat" lies
+# ahead of the real time, and tokens are issued at the test clock's instant.
+START = at(2024, 1, 4, 9)
+
+
+@pytest.fixture
+async def desk(api: Api, clock: FixedClock) -> Desk:
+    clock.set(START)
+    return await open_desk(api, clock)
 
 
 # --------------------------------------------------------------------------- worked examples
