@@ -1,0 +1,154 @@
+"""The billing clock outside the server: ``deskbill worker`` as a process of its own
+finalizes a pending invoice whose time has come, and a websocket subscriber of a
+separate server process hears it through the Redis broadcast; ``deskbill bill
+--as-of`` does one run and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app.database import create_engine, create_sessionmaker
+from models import Event, Invoice, LineItem
+from resolvers.subscription import INVOICE_STATUS_EVENTS
+from schema.ids import encode
+from tests.conftest import PG_DATABASE
+from tests.e2e import (
+    GraphQLWS,
+    Process,
+    Seeded,
+    Server,
+    deskbill,
+    environment,
+    migrated_database,
+    running,
+    seed,
+    shared_redis,
+)
+
+WATCH = """
+subscription ($invoiceId: ID!, $after: String) {
+  invoiceStatusChanged(invoiceId: $invoiceId, after: $after) {
+    cursor type status invoice { number status }
+  }
+}"""
+
+
+@pytest.fixture(scope="module")
+async def seeded() -> Seeded:
+    return await seed(await migrated_database(f"{PG_DATABASE}_worker"))
+
+
+@pytest.fixture(scope="module")
+async def env(seeded: Seeded) -> dict[str, str]:
+    return environment(seeded.database_url, await shared_redis(), DESKBILL_WORKER_INTERVAL="0.2")
+
+
+@pytest.fixture(scope="module")
+async def server(env: dict[str, str]) -> AsyncIterator[Server]:
+    server = Server("server", env)
+    async with running(server):
+        yield server
+
+
+async def pending_invoice(seeded: Seeded, account: str, *, finalize_at: datetime, due: date) -> int:
+    """A pending invoice with one line, to be finalized at ``finalize_at``."""
+    engine = create_engine(seeded.database_url)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            invoice = Invoice(
+                organization_id=seeded.id("org"), account_id=seeded.id(account),
+                currency="USD", status="PENDING", document_type="DRAFT", due_date=due,
+                finalize_at=finalize_at, created_at=finalize_at, updated_at=finalize_at,
+            )  # fmt: skip
+            session.add(invoice)
+            await session.flush()
+            session.add(LineItem(
+                organization_id=seeded.id("org"), invoice_id=invoice.id, kind="CHARGE",
+                description="Meeting room", quantity=1, unit_price=4200, amount=4200,
+                tax_rate_ppm=0, tax=0, total=4200, created_at=finalize_at,
+            ))  # fmt: skip
+            return invoice.id
+    finally:
+        await engine.dispose()
+
+
+async def invoice_log(seeded: Seeded, invoice_id: int) -> list[str]:
+    engine = create_engine(seeded.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            ids = await session.scalars(
+                select(Event.id)
+                .where(Event.invoice_id == invoice_id, Event.type.in_(INVOICE_STATUS_EVENTS))
+                .order_by(Event.id)
+            )
+            return [str(i) for i in ids]
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    server: Server, seeded: Seeded, member: str, invoice_id: int
+) -> AsyncIterator[tuple[GraphQLWS, str]]:
+    async with GraphQLWS.connect(server.url, seeded.tokens[member]) as client:
+        variables = {"invoiceId": encode("Invoice", invoice_id), "after": "0"}
+        yield client, await client.subscribe(WATCH, variables)
+
+
+async def until_finalized(client: GraphQLWS, operation: str) -> list[dict[str, Any]]:
+    """Messages up to the status change that follows finalization."""
+    heard: list[dict[str, Any]] = []
+    # A guard only: the worker process starts on a possibly busy machine.
+    async with asyncio.timeout(90):
+        while not heard or heard[-1]["type"] != "invoice.status_changed":
+            (result,) = await client.results(operation, 1, within=90)
+            heard.append(result["invoiceStatusChanged"])
+    return heard
+
+
+async def test_the_worker_process_finalizes_and_a_subscriber_elsewhere_hears_it(
+    seeded: Seeded, env: dict[str, str], server: Server
+) -> None:
+    now = datetime.now(UTC)
+    due = now.date() + timedelta(days=10)
+    invoice_id = await pending_invoice(seeded, "alice_account", finalize_at=now, due=due)
+    worker = Process("worker", deskbill("worker"), env)
+    async with watching(server, seeded, "alice", invoice_id) as (alice, operation):
+        async with running(worker):
+            heard = await until_finalized(alice, operation)
+    assert [m["type"] for m in heard] == ["invoice.finalized", "invoice.status_changed"]
+    assert heard[-1]["status"] == "UPCOMING"
+    assert heard[-1]["invoice"]["status"] == "UPCOMING"
+    assert heard[-1]["invoice"]["number"].startswith("INV-")
+    assert [m["cursor"] for m in heard] == await invoice_log(seeded, invoice_id)
+
+
+async def test_bill_as_of_runs_the_billing_clock_once(
+    seeded: Seeded, env: dict[str, str], server: Server
+) -> None:
+    invoice_id = await pending_invoice(
+        seeded, "team",
+        finalize_at=datetime(2026, 8, 20, tzinfo=UTC), due=date(2026, 8, 25),
+    )  # fmt: skip
+    async with watching(server, seeded, "alice", invoice_id) as (alice, operation):
+        done = await asyncio.to_thread(
+            subprocess.run, deskbill("bill", "--as-of", "2026-08-21T00:00:00+00:00"),
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "invoices_finalized=1," in done.stdout, done.stdout
+        heard = await until_finalized(alice, operation)
+    assert [(m["type"], m["status"]) for m in heard] == [
+        ("invoice.finalized", None),
+        ("invoice.status_changed", "UPCOMING"),
+    ]
+    assert [m["cursor"] for m in heard] == await invoice_log(seeded, invoice_id)
