@@ -194,28 +194,20 @@ class Space:
         invoice: dict[str, Any] = data["invoice"]
         return invoice
 
-    async def event_count(self) -> int:
-        data = await self.ok("{ events(first: 1) { totalCount } }")
-        count: int = data["events"]["totalCount"]
-        return count
-
-    async def last_event_types(self, count: int) -> list[str]:
-        """The types of the newest ``count`` events (the log is read oldest first)."""
-        total = await self.event_count()
-        seen: list[str] = []
-        after: str | None = None
+    async def events_after(self, cursor: str | None) -> tuple[list[str], str | None]:
+        """The types of the events after ``cursor`` (oldest first) and the new cursor."""
+        types: list[str] = []
         while True:
             data = await self.ok(
                 """query($after: String) { events(first: 100, after: $after) {
-                     nodes { type } pageInfo { hasNextPage endCursor } } }""",
-                {"after": after},
+                     nodes { type cursor } pageInfo { hasNextPage } } }""",
+                {"after": cursor},
             )
-            seen += [n["type"] for n in data["events"]["nodes"]]
+            nodes = data["events"]["nodes"]
+            types += [n["type"] for n in nodes]
+            cursor = nodes[-1]["cursor"] if nodes else cursor
             if not data["events"]["pageInfo"]["hasNextPage"]:
-                break
-            after = data["events"]["pageInfo"]["endCursor"]
-        assert len(seen) == total
-        return seen[len(seen) - count :]
+                return types, cursor
 
     async def snapshot(self) -> dict[str, Any]:
         """What an auditor would compare: every invoice with its lines and totals, the
@@ -223,7 +215,8 @@ class Space:
         data = await self.ok(
             """{ items: invoiceItems(first: 1) { totalCount }
                  events(first: 1) { totalCount }
-                 notes: creditNotes(first: 100) { totalCount nodes { number total { amount } } } }"""
+                 notes: creditNotes(first: 100) {
+                   totalCount nodes { number total { amount } } } }"""
         )
         return {
             "invoices": await self.invoices(),
@@ -648,7 +641,7 @@ async def test_members_book_only_for_their_own_accounts_and_analysts_never_mutat
         assert error["extensions"]["code"] == "FORBIDDEN"
     for mutation in (
         "mutation { runBilling { invoicesFinalized } }",
-        'mutation { updateInvoicePolicy(input: {overdueAfterDays: 3}) { overdueAfterDays } }',
+        "mutation { updateInvoicePolicy(input: {overdueAfterDays: 3}) { overdueAfterDays } }",
     ):
         for who in (alice_id, analyst_id):
             error = await space.refused(mutation, user_id=who)
@@ -670,40 +663,55 @@ async def test_every_mutation_writes_events(space: Space) -> None:
     """Each billing mutation, in an order that makes each one meaningful, adds to the
     event log (SPEC §10.1: every state change is an event in the same transaction)."""
     seen: dict[str, list[str]] = {}
-    count = await space.event_count()
+    _, cursor = await space.events_after(None)
 
     async def step(name: str, query: str, variables: dict[str, Any] | None = None) -> Any:
-        nonlocal count
+        nonlocal cursor
         data = await space.ok(query, variables)
-        now = await space.event_count()
-        assert now > count, f"{name} wrote no event"
-        seen[name] = await space.last_event_types(now - count)
-        count = now
+        seen[name], cursor = await space.events_after(cursor)
+        assert seen[name], f"{name} wrote no event"
         return data[name]
 
     await step("updateInvoicePolicy", "mutation { updateInvoicePolicy(input: "
                "{overdueAfterDays: 3}) { overdueAfterDays } }")  # fmt: skip
-    user = await step("createUser", """mutation { createUser(input: {name: "Nia Member",
-        email: "nia@example.com"}) { user { id } account { id } } }""")
+    user = await step(
+        "createUser",
+        """mutation { createUser(input: {name: "Nia Member",
+        email: "nia@example.com"}) { user { id } account { id } } }""",
+    )
     account = user["account"]["id"]
-    team = await step("createAccount", """mutation { createAccount(input:
-        {kind: TEAM, name: "Nia's Studio"}) { id } }""")
+    team = await step(
+        "createAccount",
+        """mutation { createAccount(input:
+        {kind: TEAM, name: "Nia's Studio"}) { id } }""",
+    )
     await step("addTeamMember", "mutation($t: ID!, $u: ID!) { addTeamMember(teamId: $t, "
                "userId: $u) { id } }", {"t": team["id"], "u": user["user"]["id"]})  # fmt: skip
     await step("setAutopay", "mutation($a: ID!) { setAutopay(accountId: $a, enabled: false) "
                "{ autopay } }", {"a": account})  # fmt: skip
-    template = await step("createPlanTemplate", """mutation { createPlanTemplate(input:
-        {name: "Hot desk", price: "90.00", interval: MONTHLY}) { id } }""")
+    template = await step(
+        "createPlanTemplate",
+        """mutation { createPlanTemplate(input:
+        {name: "Hot desk", price: "90.00", interval: MONTHLY}) { id } }""",
+    )
     subscribe = """mutation($a: ID!, $p: ID!, $s: Date!) { subscribeToPlan(input:
         {accountId: $a, planTemplateId: $p, startDate: $s}) { id } }"""
     plan = await step("subscribeToPlan", subscribe,
                       {"a": account, "p": template["id"], "s": "2026-09-01"})  # fmt: skip
-    await step("changePlanEndDate", """mutation($p: ID!) { changePlanEndDate(input:
-        {planSubscriptionId: $p, endDate: "2026-12-31"}) { endDate } }""", {"p": plan["id"]})
+    await step(
+        "changePlanEndDate",
+        """mutation($p: ID!) { changePlanEndDate(input:
+        {planSubscriptionId: $p, endDate: "2026-12-31"}) { endDate } }""",
+        {"p": plan["id"]},
+    )
     other = await step("subscribeToPlan", subscribe,
                        {"a": team["id"], "p": template["id"], "s": "2026-09-01"})  # fmt: skip
-    await step("cancelPlan", """mutation($p: ID!) { cancelPlan(input:
-        {planSubscriptionId: $p}) { status } }""", {"p": other["id"]})
+    await step(
+        "cancelPlan",
+        """mutation($p: ID!) { cancelPlan(input:
+        {planSubscriptionId: $p}) { status } }""",
+        {"p": other["id"]},
+    )
     book = await step("createBooking", BOOK, {"input": booking_input(
         account, at(2026, 8, 20, 10), at(2026, 8, 20, 14), "40.00")})  # fmt: skip
     await step("shortenBooking", """mutation($b: ID!, $e: DateTime!) { shortenBooking(
@@ -711,17 +719,29 @@ async def test_every_mutation_writes_events(space: Space) -> None:
                {"b": book["id"], "e": iso(at(2026, 8, 20, 12))})  # fmt: skip
     await step("cancelBooking", "mutation($b: ID!) { cancelBooking(bookingId: $b) "
                "{ adjustment } }", {"b": book["id"]})  # fmt: skip
-    await step("checkInDayPass", """mutation($a: ID!) { checkInDayPass(input:
-        {accountId: $a, price: "15.00"}) { id } }""", {"a": account})
+    await step(
+        "checkInDayPass",
+        """mutation($a: ID!) { checkInDayPass(input:
+        {accountId: $a, price: "15.00"}) { id } }""",
+        {"a": account},
+    )
     await step("addOneTimeCharge", """mutation($a: ID!) { addOneTimeCharge(input:
         {accountId: $a, description: "Locker key", unitPrice: "5.00"}) { id } }""",
                {"a": account})  # fmt: skip
-    manual = await step("createManualInvoice", """mutation($a: ID!) { createManualInvoice(
+    manual = await step(
+        "createManualInvoice",
+        """mutation($a: ID!) { createManualInvoice(
         input: {accountId: $a, dueDate: "2026-08-25", lines: [{description: "Mail handling",
-        unitPrice: "8.00"}]}) { id status } }""", {"a": account})
+        unitPrice: "8.00"}]}) { id status } }""",
+        {"a": account},
+    )
     assert manual["status"] == "PENDING"
-    await step("addInvoiceLine", """mutation($i: ID!) { addInvoiceLine(input: {invoiceId: $i,
-        description: "Parcel", unitPrice: "3.00"}) { id } }""", {"i": manual["id"]})
+    await step(
+        "addInvoiceLine",
+        """mutation($i: ID!) { addInvoiceLine(input: {invoiceId: $i,
+        description: "Parcel", unitPrice: "3.00"}) { id } }""",
+        {"i": manual["id"]},
+    )
     lines = (await space.invoice(manual["id"]))["lines"]
     await step("removeLineItem", "mutation($l: ID!) { removeLineItem(lineItemId: $l) "
                "{ invoice { id } } }", {"l": lines[-1]["id"]})  # fmt: skip
