@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -19,7 +20,9 @@ from strawberry.extensions import (
 )
 
 from app.settings import Settings
+from resolvers.mutation import Mutation
 from resolvers.query import Query
+from resolvers.subscription import Subscription
 from services.errors import DomainError, ValidationError
 
 log = logging.getLogger("deskbill.graphql")
@@ -72,18 +75,21 @@ class CodedErrors(SchemaExtension):
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     settings = settings or Settings()
-    from resolvers.mutation import Mutation
-    from resolvers.subscription import Subscription
-
+    # The limiters' rule classes are made once: a fresh class per request (what a
+    # factory of QueryDepthLimiter would do) is part of ValidationCache's key, so the
+    # cache would never hit and every request would be validated again.
+    limits = [
+        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+    ]
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
             CodedErrors,
-            lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
+            lambda: AddValidationRules(limits),
             lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
-            lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
             # Bounded caches: parse and validate each distinct document once.
             lambda: ParserCache(maxsize=256),
             lambda: ValidationCache(maxsize=256),

@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 
 
 def install_engine_hooks(gateway: PaymentGateway) -> None:
-    """Connect the engine's pieces that must not import each other: credit applies
-    on finalization, and the billing run drives payments through this gateway."""
-    if credit.after_finalize not in invoices.AFTER_FINALIZE:
-        invoices.AFTER_FINALIZE.append(credit.after_finalize)
+    """Connect the engine's pieces that must not import each other. Credit registers
+    its finalization hook when ``services.credit`` is imported (above); the billing
+    run's payment jobs need the gateway, which only exists once settings are read."""
+    assert credit.after_finalize in invoices.AFTER_FINALIZE
     register_payment_jobs(gateway)
 
 
