@@ -21,7 +21,7 @@ from strawberry.types import Info
 from models import CreditAllocation, DocumentType, Invoice, LineItem
 from resolvers import mapping
 from resolvers.mutations.common import account_pk, amount, idempotent, organization
-from resolvers.permissions import context, pk_of, require_admin
+from resolvers.permissions import context, pk_of, require_admin, viewer
 from schema import credit_inputs as ci
 from schema import types as t
 from services import accounts, credit, invoices
@@ -40,8 +40,7 @@ IdempotencyKey = Annotated[
 async def _read(info: Info, model: type[Row], pks: Sequence[int]) -> dict[int, Row]:
     """Rows of this organization by id, read after the mutation committed."""
     ctx = context(info)
-    who = ctx.viewer
-    assert who is not None
+    who = viewer(info)
     async with ctx.read_sessionmaker() as session:
         rows = await session.scalars(
             select(model).where(
@@ -53,7 +52,7 @@ async def _read(info: Info, model: type[Row], pks: Sequence[int]) -> dict[int, R
 
 async def _allocations(info: Info, pks: Sequence[int]) -> list[t.CreditAllocation]:
     rows = await _read(info, CreditAllocation, pks)
-    currency = context(info).viewer.currency  # type: ignore[union-attr]
+    currency = viewer(info).currency
     return [mapping.allocation(rows[pk], currency) for pk in pks]
 
 

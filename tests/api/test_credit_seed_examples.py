@@ -5,9 +5,7 @@ Each test starts from an empty organization whose staff (an admin and an analyst
 are the only rows written directly; everything else is what an operator's app would
 do: mutations to set the policy, open accounts, book, cancel and apply credit, and
 ``runBilling(asOf)`` while the shared ``FixedClock`` moves, then queries to read the
-result. Offline payments go through ``services.payments.record_payment`` in a
-transaction of the test's own (the engine's entry point a payment mutation calls).
-Every test runs on SQLite and PostgreSQL.
+result. Every test runs on SQLite and PostgreSQL.
 
 ``Desk`` is also what tests/api/test_credit_api.py drives.
 """
@@ -24,7 +22,7 @@ import pytest
 from app.auth import issue_token
 from models import Role, User
 from schema.ids import decode, encode
-from services import accounts, money, payments, policy
+from services import accounts, policy
 from services.clock import FixedClock
 from tests.api.conftest import SETTINGS, Api
 
@@ -234,12 +232,11 @@ class Desk:
 
     async def pay(self, invoice_id: str, amount: str) -> None:
         """Record a cash payment, as the front desk would."""
-        async with self.api.state.sessionmaker.begin() as session:
-            org = await policy.get_organization(session, self.org_id)
-            await payments.record_payment(
-                session, org, pk(invoice_id), money.parse(amount, "USD"), "CASH",
-                self.clock.now(), actor_user_id=self.staff["admin"].id,
-            )  # fmt: skip
+        data = await self.ok(
+            "mutation($input: RecordPaymentInput!) { recordPayment(input: $input) { status } }",
+            {"input": {"invoiceId": invoice_id, "amount": amount, "method": "CASH"}},
+        )
+        assert data["recordPayment"]["status"] == "SUCCEEDED"
 
     async def manual_invoice(
         self,
