@@ -13,7 +13,7 @@ far counts as seen); with it, nothing after that cursor is lost across a reconne
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Container
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Container
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, TypeVar
@@ -167,7 +167,7 @@ T = TypeVar("T")
 async def _stream(
     info: Info,
     after: str | None,
-    scope: Callable[[], Any],
+    scope: Callable[[], Awaitable[tuple[Viewer, _Scope]]],
     to_message: Callable[[EventRow], T],
 ) -> AsyncGenerator[T, None]:
     """Check the caller and the cursor now, then return the stream of messages.
