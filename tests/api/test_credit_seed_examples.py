@@ -517,18 +517,26 @@ async def test_with_auto_apply_off_only_a_manual_finalize_applies_credit(desk: D
     assert await desk.available_credit(ada.account) == "30.00"
 
     desk.at(2024, 2, 2)
-    await desk.book(ada.account, at(2024, 2, 20, 10), "10.00")
+    await desk.book(ada.account, at(2024, 2, 20, 10), "10.00")  # onto the March 1 invoice
     _, march = await desk.invoices(ada.account)
+
+    # A credit note that finalizes automatically does not pay the owed invoice either.
+    await desk.policy(additionalCharges="NEW_INVOICE_DUE_TODAY", dueTodayGraceMinutes=0)
+    added = await desk.add_credit(ada.account, "5.00")
+    assert (added["creditNote"]["status"], added["creditNote"]["allocations"]) == ("AVAILABLE", [])
+    assert (await desk.invoice(february["id"]))["balanceDue"]["amount"] == "25.00"
+
     data = await desk.ok(
         "mutation($i: ID!) { finalizeInvoice(invoiceId: $i) { status creditApplied { amount } "
-        "allocations { kind amount { amount } } } }",
+        "allocations { kind amount { amount } creditNote { id } } } }",
         {"i": march["id"]},
     )
-    assert data["finalizeInvoice"] == {
-        "status": "PAID", "creditApplied": {"amount": "10.00"},
-        "allocations": [{"kind": "MANUAL", "amount": {"amount": "10.00"}}],
-    }  # fmt: skip
-    assert await desk.available_credit(ada.account) == "20.00"
+    finalized = data["finalizeInvoice"]
+    assert (finalized["status"], finalized["creditApplied"]) == ("PAID", {"amount": "10.00"})
+    [allocation] = finalized["allocations"]
+    assert (allocation["kind"], allocation["amount"]) == ("MANUAL", {"amount": "10.00"})
+    assert pk(allocation["creditNote"]["id"]) == pk(note["id"])  # the older credit note
+    assert await desk.available_credit(ada.account) == "25.00"
     assert (await desk.invoice(february["id"]))["balanceDue"]["amount"] == "25.00"
 
 
