@@ -4,7 +4,8 @@ Each test starts from an empty organization with one admin (the only rows writte
 directly) and does everything else the way an operator's app would: mutations to set
 the policy, open accounts, sell plans, book rooms, invoice and run the billing clock,
 then queries to read the result. The server and the test share one ``FixedClock``, so
-moving it is how time passes. Every test runs on SQLite and PostgreSQL.
+moving it is how time passes. Every test runs on SQLite and PostgreSQL, except the
+concurrent billing runs: SQLite serializes writers, so only PostgreSQL can race them.
 """
 
 from __future__ import annotations
