@@ -42,7 +42,11 @@ def decode_token(settings: Settings, token: str, now: datetime) -> dict[str, Any
             settings.token_secret,
             algorithms=["HS256"],
             issuer=settings.token_issuer,
-            options={"require": ["sub", "org", "exp", "iss"], "verify_exp": False},
+            options={
+                "require": ["sub", "org", "exp", "iss"],
+                "verify_exp": False,
+                "verify_iat": False,
+            },
         )
     except jwt.InvalidTokenError:
         raise TokenError("The bearer token is not valid for this server.") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
@@ -71,6 +72,12 @@ class CodedErrors(SchemaExtension):
             _code(error)
         for error in self.execution_context.pre_execution_errors or ():
             _code(error)
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        """Each message of a subscription, coded and masked before it is sent."""
+        for error in getattr(result, "errors", None) or ():
+            _code(error)
+        yield
 
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:

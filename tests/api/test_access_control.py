@@ -158,3 +158,20 @@ async def test_a_token_for_a_user_of_another_org_claiming_ours_is_refused(
 async def test_analyst_reads_everything_in_its_organization(api: Api, world: World) -> None:
     body = await api.gql("{ invoices { totalCount } }", token=world.tokens["analyst"])
     assert body["data"]["invoices"]["totalCount"] == 5
+
+
+async def test_tokens_follow_the_servers_clock_not_the_wall_clock(
+    api: Api, world: World, clock: FixedClock
+) -> None:
+    from datetime import UTC, datetime
+
+    from app.auth import issue_token
+    from models import User
+
+    clock.set(datetime(2031, 1, 1, tzinfo=UTC))
+    async with api.state.sessionmaker() as session:
+        admin = await session.get(User, world.ids["admin"])
+    assert admin is not None
+    token = issue_token(SETTINGS, admin, clock.now())  # issued "in the future"
+    body = await api.gql("{ viewer { role } }", token=token)
+    assert body["data"] == {"viewer": {"role": "ADMIN"}}
