@@ -41,7 +41,7 @@ from services import events, invoices, money
 from services.clock import local_date
 from services.errors import InvalidStateError, NotFoundError, ValidationError
 from services.events import EventType
-from services.invoice_status import set_status, settle
+from services.invoice_status import settle
 from services.locks import lock_account, lock_invoices, lock_organization
 
 CREDIT_NOTE_PREFIX = "CN-"
@@ -769,33 +769,7 @@ async def void_credit_note(
             "a credit note that paid out a refund stays on the books and cannot be voided.",
             credit_note_id=note.id,
         )
-    before = note.credit_note_status
-    set_status(session, note, InvoiceStatus.VOID, now, actor_user_id=actor_user_id)
-    note.credit_note_status = CreditNoteStatus.VOID
-    note.voided_at = now
-    events.record(
-        session,
-        organization_id=org.id,
-        type=EventType.CREDIT_NOTE_STATUS_CHANGED,
-        at=now,
-        account_id=note.account_id,
-        invoice_id=note.id,
-        credit_note_id=note.id,
-        actor_user_id=actor_user_id,
-        status=str(CreditNoteStatus.VOID),
-        previous_status=str(before) if before else None,
-    )
-    events.record(
-        session,
-        organization_id=org.id,
-        type=EventType.INVOICE_VOIDED,
-        at=now,
-        account_id=note.account_id,
-        invoice_id=note.id,
-        credit_note_id=note.id,
-        actor_user_id=actor_user_id,
-        number=note.number,
-    )
+    invoices.mark_voided(session, org, note, now, actor_user_id=actor_user_id)
     return note
 
 

@@ -786,6 +786,21 @@ async def void(
             "cannot be voided.",
             invoice_id=invoice.id,
         )
+    mark_voided(session, org, invoice, now, actor_user_id=actor_user_id)
+    await session.flush()
+    return invoice
+
+
+def mark_voided(
+    session: AsyncSession,
+    org: Organization,
+    invoice: Invoice,
+    now: datetime,
+    *,
+    actor_user_id: int | None = None,
+) -> None:
+    """Turn a checked invoice or credit note VOID and record it (shared by ``void``
+    and ``credit.void_credit_note``, which check different things first)."""
     before = invoice.status
     set_status(session, invoice, InvoiceStatus.VOID, now, actor_user_id=actor_user_id)
     invoice.voided_at = now
@@ -816,8 +831,6 @@ async def void(
         number=invoice.number,
         previous_status=str(before),
     )
-    await session.flush()
-    return invoice
 
 
 async def unvoid(
