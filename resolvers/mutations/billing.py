@@ -351,42 +351,27 @@ class BillingMutations:
     async def finalize_invoice(
         self, info: Info, invoice_id: strawberry.ID, apply_credit: bool = True
     ) -> t.Invoice:
-        who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            invoice = await invoices.get_invoice(
-                session, org, pk_of(invoice_id, "Invoice", field="invoiceId")
-            )
+        async def finalize(session: Any, org: Any, invoice: Any, now: datetime, actor: int) -> None:
             await invoices.finalize(
-                session, org, invoice, ctx.clock.now(), manual=True, apply_credit=apply_credit,
-                actor_user_id=who.user_id,
+                session, org, invoice, now, manual=True, apply_credit=apply_credit,
+                actor_user_id=actor,
             )  # fmt: skip
-        return mapping.invoice(invoice)
+
+        return await _invoice_action(info, invoice_id, finalize, "Invoice")
 
     @strawberry.mutation(description="Void an invoice (or credit note); it keeps its number.")
     async def void_invoice(self, info: Info, invoice_id: strawberry.ID) -> t.Invoice:
-        who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            invoice = await invoices.get_invoice(
-                session, org, pk_of(invoice_id, "Invoice", "CreditNote", field="invoiceId")
-            )
-            await invoices.void(session, org, invoice, ctx.clock.now(), actor_user_id=who.user_id)
-        return mapping.invoice(invoice)
+        async def void(session: Any, org: Any, invoice: Any, now: datetime, actor: int) -> None:
+            await invoices.void(session, org, invoice, now, actor_user_id=actor)
+
+        return await _invoice_action(info, invoice_id, void, "Invoice", "CreditNote")
 
     @strawberry.mutation(description="Un-void: back to the status its dates and balance give.")
     async def unvoid_invoice(self, info: Info, invoice_id: strawberry.ID) -> t.Invoice:
-        who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            invoice = await invoices.get_invoice(
-                session, org, pk_of(invoice_id, "Invoice", "CreditNote", field="invoiceId")
-            )
-            await invoices.unvoid(session, org, invoice, ctx.clock.now(), actor_user_id=who.user_id)
-        return mapping.invoice(invoice)
+        async def unvoid(session: Any, org: Any, invoice: Any, now: datetime, actor: int) -> None:
+            await invoices.unvoid(session, org, invoice, now, actor_user_id=actor)
+
+        return await _invoice_action(info, invoice_id, unvoid, "Invoice", "CreditNote")
 
     @strawberry.mutation(
         description="Run the billing clock for an instant (default: now): finalize what is "
@@ -408,6 +393,19 @@ class BillingMutations:
             plan_periods_added=result.plan_periods_added,
             plans_ended=result.plans_ended,
         )
+
+
+async def _invoice_action(info: Info, invoice_id: str, action: Any, *types: str) -> t.Invoice:
+    """Admin, one invoice, one engine call in one transaction, the invoice back."""
+    who = require_admin(info)
+    ctx = context(info)
+    async with ctx.transaction() as session:
+        org = await organization(session, who)
+        invoice = await invoices.get_invoice(
+            session, org, pk_of(invoice_id, *types, field="invoiceId")
+        )
+        await action(session, org, invoice, ctx.clock.now(), who.user_id)
+    return mapping.invoice(invoice)
 
 
 async def _membership(info: Info, team_id: str, user_id: str, *, add: bool) -> t.Account:
