@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,51 +23,16 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from app.auth import TokenError, bearer_token, decode_token, load_viewer
-from app.database import create_engine, create_sessionmaker
+from app.exports import export_routes
 from app.graphql import build_schema
+from app.lifecycle import running
+from app.routes import extra_routes
 from app.settings import Settings
+from app.state import AppState, build_state
 from resolvers.context import RequestContext
-from services.clock import Clock, SystemClock
+from services.clock import Clock
 
 log = logging.getLogger("deskbill")
-
-
-@dataclass
-class AppState:
-    """What lives as long as the process: engines, sessions, clock, channels."""
-
-    settings: Settings
-    engine: AsyncEngine
-    read_engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
-    read_sessionmaker: async_sessionmaker[AsyncSession]
-    clock: Clock
-    services: dict[str, Any] = field(default_factory=dict)
-
-    async def announce(self, organization_id: int, event_id: int) -> None:
-        hub = self.services.get("hub")
-        if hub is not None:
-            await hub.announce(organization_id, event_id)
-
-
-def build_state(
-    settings: Settings, *, engine: AsyncEngine | None = None, clock: Clock | None = None
-) -> AppState:
-    engine = engine or create_engine(settings.database_url)
-    # SQLite takes its write lock at BEGIN; reads get their own engine with ordinary
-    # deferred transactions so they never queue behind writers.
-    if engine.dialect.name == "sqlite":
-        read_engine = create_engine(str(engine.url), immediate=False)
-    else:
-        read_engine = engine
-    return AppState(
-        settings=settings,
-        engine=engine,
-        read_engine=read_engine,
-        sessionmaker=create_sessionmaker(engine),
-        read_sessionmaker=create_sessionmaker(read_engine),
-        clock=clock or SystemClock(),
-    )
 
 
 class DeskbillGraphQL(GraphQL[RequestContext, None]):
@@ -145,17 +109,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        from app.lifecycle import running
-
         async with running(state, start_worker=start_worker):
             yield
         if state.read_engine is not state.engine:
             await state.read_engine.dispose()
         if engine is None:
             await state.engine.dispose()
-
-    from app.exports import export_routes
-    from app.routes import extra_routes
 
     app = Starlette(
         routes=[

@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(load_demo(settings, force=args.force))
         return 0
     if args.command == "bill":
-        from app.worker import bill_once
+        from app.lifecycle import bill_once
 
         as_of = args.as_of or datetime.now(UTC)
         print(asyncio.run(bill_once(settings, as_of)))
         return 0
     if args.command == "worker":
-        from app.worker import run_worker
+        from app.lifecycle import run_worker
 
         asyncio.run(run_worker(settings))
         return 0

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Select, select
 from starlette.requests import Request
@@ -26,15 +26,13 @@ from starlette.routing import BaseRoute, Route
 from strawberry.types.base import get_object_definition
 
 from app.auth import TokenError, bearer_token, decode_token, load_viewer
+from app.state import AppState
 from models import Account, Invoice, LineItem, Payment
 from resolvers import query
 from resolvers.context import Viewer
 from schema import filters as f
 from services import money
 from services.errors import DomainError, ValidationError
-
-if TYPE_CHECKING:
-    from app.asgi import AppState
 
 BATCH = 1000
 

@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database import create_engine, create_sessionmaker
 from app.realtime import EventHub
 from app.settings import Settings
-from services import credit, invoices
+from app.state import AppState
+from app.worker import billing_loop
+from services import billing, credit, invoices
+from services.clock import SystemClock
+from services.events import log_head, newest_events
 from services.gateway import PaymentGateway, gateway_from_settings
 from services.payments import register_payment_jobs
 
-if TYPE_CHECKING:
-    from app.asgi import AppState
+log = logging.getLogger("deskbill.worker")
 
 
 def install_engine_hooks(gateway: PaymentGateway) -> None:
@@ -39,8 +44,6 @@ def build_gateway(settings: Settings) -> PaymentGateway:
 @asynccontextmanager
 async def running(state: AppState, *, start_worker: bool | None = None) -> AsyncIterator[None]:
     """The server's lifespan: gateway and hooks, hub, and (if enabled) the worker."""
-    from app.worker import billing_loop
-
     settings = state.settings
     gateway = state.services.get("gateway") or build_gateway(settings)
     state.services["gateway"] = gateway
@@ -87,3 +90,22 @@ async def engine_services(
         if close is not None:
             await close()
         await engine.dispose()
+
+
+async def bill_once(settings: Settings, as_of: datetime) -> billing.BillingRunResult:
+    """``deskbill bill --as-of``: one billing run, with the configured gateway."""
+    async with engine_services(settings) as (sessionmaker, _gateway, hub):
+        head = await log_head(sessionmaker)
+        result = await billing.run_billing(sessionmaker, None, as_of)
+        for org, newest in (await newest_events(sessionmaker, head)).items():
+            await hub.announce(org, newest)
+        return result
+
+
+async def run_worker(settings: Settings) -> None:
+    """``deskbill worker``: the billing clock without HTTP, until interrupted."""
+    async with engine_services(settings) as (sessionmaker, _gateway, hub):
+        log.info("worker started: billing every %.1fs", settings.worker_interval_seconds)
+        await billing_loop(
+            sessionmaker, SystemClock(), settings.worker_interval_seconds, hub.announce
+        )

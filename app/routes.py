@@ -9,18 +9,14 @@ announced so subscribers hear the payment or refund move.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.worker import _log_head, _newest_events
+from app.state import AppState
+from services.events import log_head, newest_events
 from services.gateway import InvalidWebhookError, OffGateway
 from services.webhooks import handle_stripe_webhook
-
-if TYPE_CHECKING:
-    from app.asgi import AppState
 
 
 def stripe_webhook(state: AppState) -> Route:
@@ -29,7 +25,7 @@ def stripe_webhook(state: AppState) -> Route:
         body = await request.body()
         header = request.headers.get("stripe-signature")
         gateway = state.services.get("gateway") or OffGateway()
-        head = await _log_head(state.read_sessionmaker)
+        head = await log_head(state.read_sessionmaker)
         try:
             outcome = await handle_stripe_webhook(
                 state.sessionmaker, gateway, body, header, state.clock
@@ -37,7 +33,7 @@ def stripe_webhook(state: AppState) -> Route:
         except InvalidWebhookError as refused:
             return JSONResponse({"error": refused.message}, status_code=400)
         if outcome.applied:
-            for org, newest in (await _newest_events(state.read_sessionmaker, head)).items():
+            for org, newest in (await newest_events(state.read_sessionmaker, head)).items():
                 await state.announce(org, newest)
         return JSONResponse(
             {"received": True, "duplicate": outcome.duplicate, "applied": outcome.applied}

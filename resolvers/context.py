@@ -13,24 +13,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from models import Event, Role
+from models import Event
+from resolvers.loaders import Loaders
+from resolvers.viewer import Viewer
 from services.clock import Clock
 
-
-@dataclass(frozen=True)
-class Viewer:
-    """The authenticated caller. ``account_ids`` is None for roles that see the whole
-    organization (ADMIN, ANALYST) and the visible accounts for a MEMBER."""
-
-    user_id: int
-    organization_id: int
-    role: Role
-    currency: str
-    timezone: str
-    account_ids: frozenset[int] | None
-
-    def can_see_account(self, account_id: int) -> bool:
-        return self.account_ids is None or account_id in self.account_ids
+__all__ = ["Announce", "RequestContext", "Viewer"]
 
 
 Announce = Callable[[int, int], Awaitable[None]]
@@ -52,13 +40,11 @@ class RequestContext:
     request: Any = None
     response: Any = None
     connection_params: dict[str, Any] | None = None
-    _loaders: Any = None
+    _loaders: Loaders | None = None
 
     @property
-    def loaders(self) -> Any:
+    def loaders(self) -> Loaders:
         if self._loaders is None:
-            from resolvers.loaders import Loaders
-
             if self.viewer is None:
                 raise RuntimeError("loaders need an authenticated viewer")
             self._loaders = Loaders(self.read_sessionmaker, self.viewer)

@@ -32,7 +32,7 @@ from models import (
 )
 from models.enums import OUTSTANDING_STATUSES
 from resolvers import mapping
-from resolvers.context import Viewer
+from resolvers.viewer import Viewer
 from schema import types as t
 
 K = TypeVar("K", bound=Hashable)

@@ -13,6 +13,7 @@ from typing import Any
 
 import strawberry
 from sqlalchemy import Select, and_, case, func, literal, or_, select
+from strawberry.dataloader import DataLoader
 from strawberry.types import Info
 
 from models import (
@@ -263,14 +264,15 @@ class Query:
             if pk != who.organization_id:
                 return None
             return mapping.organization(await _organization_row(info))
-        loader = {
+        by_type: dict[str, DataLoader[int, Any]] = {
             "Invoice": loaders.invoice,
             "CreditNote": loaders.credit_note,
             "Account": loaders.account,
             "Payment": loaders.payment,
             "Booking": loaders.booking,
             "User": loaders.user,
-        }.get(type_name)
+        }
+        loader = by_type.get(type_name)
         if loader is None:
             return await _node_by_query(info, type_name, pk)
         found = await loader.load(pk)

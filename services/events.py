@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Event
 
@@ -77,3 +78,23 @@ def record(
     # The caller's transaction announces these after commit (see resolvers.context).
     session.info.setdefault("events", []).append(event)
     return event
+
+
+async def log_head(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    """The newest event id of the whole log (0 when empty): where "new" starts."""
+    async with sessionmaker() as session:
+        return int(await session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0)
+
+
+async def newest_events(
+    sessionmaker: async_sessionmaker[AsyncSession], after: int
+) -> dict[int, int]:
+    """The newest event id per organization among events after ``after``: what work
+    that committed in transactions of its own must announce."""
+    async with sessionmaker() as session:
+        rows = await session.execute(
+            select(Event.organization_id, func.max(Event.id))
+            .where(Event.id > after)
+            .group_by(Event.organization_id)
+        )
+        return {org: int(newest) for org, newest in rows}

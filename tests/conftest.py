@@ -4,14 +4,16 @@ clean tables before each test, a movable clock.
 Every test that takes ``db`` runs twice: on SQLite and on PostgreSQL. PostgreSQL is
 found at ``DESKBILL_TEST_PG`` (default: the machine's local server); when it cannot be
 reached the PostgreSQL half is skipped with the reason — unless ``CI=true``, where a
-missing server fails the run. ``DESKBILL_TEST_DATABASE`` names the database the suite
-creates and uses there, so parallel runs can keep apart.
+missing server fails the run. The suite creates its databases under a name of its
+own per run (``deskbill_test_<pid>_<random>``, or ``DESKBILL_TEST_DATABASE``), so two
+checkouts testing against one server keep apart, and drops them all at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -26,7 +28,9 @@ from app.database import create_engine, create_sessionmaker
 from services.clock import FixedClock
 
 PG_SERVER = os.environ.get("DESKBILL_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432")
-PG_DATABASE = os.environ.get("DESKBILL_TEST_DATABASE", "deskbill_test")
+PG_DATABASE = os.environ.get("DESKBILL_TEST_DATABASE") or (
+    f"deskbill_test_{os.getpid()}_{secrets.token_hex(3)}"
+)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -99,8 +103,26 @@ def clock() -> FixedClock:
     return FixedClock(datetime(2026, 8, 15, 9, 0, tzinfo=UTC))
 
 
+async def drop_run_databases() -> None:
+    """Drop every database this run created: ``PG_DATABASE`` and those named after it."""
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        async with asyncio.timeout(60), admin.connect() as conn:
+            names = await conn.scalars(
+                text("SELECT datname FROM pg_database WHERE datname = :n OR datname LIKE :p"),
+                {"n": PG_DATABASE, "p": PG_DATABASE.replace("_", r"\_") + r"\_%"},
+            )
+            for name in list(names):
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    except Exception:
+        pass  # no server, nothing was created
+    finally:
+        await admin.dispose()
+
+
 @pytest.fixture(scope="session", autouse=True)
 async def _dispose_engines() -> AsyncIterator[None]:
     yield
     for eng in _engines.values():
         await eng.dispose()
+    await drop_run_databases()

@@ -58,7 +58,8 @@ async def _after_gateway_work(info: Info, organization_id: int) -> None:
 
 
 async def _payment(info: Info, pk: int) -> t.Payment:
-    payment: t.Payment = await context(info).loaders.payment.load(pk)
+    payment = await context(info).loaders.payment.load(pk)
+    assert payment is not None, "a payment just written is visible to its writer"
     return payment
 
 
@@ -123,7 +124,8 @@ class PaymentMutations:
         finally:
             await _after_gateway_work(info, who.organization_id)
         payment = await _payment(info, started.payment.id)
-        paid: t.Invoice = await ctx.loaders.invoice.load(pk)
+        paid = await ctx.loaders.invoice.load(pk)
+        assert paid is not None
         return p.PayInvoicePayload(
             payment=payment, invoice=paid, client_secret=started.client_secret
         )
@@ -165,7 +167,8 @@ class PaymentMutations:
             request_key=idempotency_key or uuid.uuid4().hex,
         )  # fmt: skip
         context(info).reset_loaders()
-        account: t.Account = await context(info).loaders.account.load(pk)
+        account = await context(info).loaders.account.load(pk)
+        assert account is not None
         return p.CardSetupPayload(account=account, client_secret=secret)
 
     @strawberry.mutation(
