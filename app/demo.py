@@ -585,7 +585,7 @@ async def load_demo(
     to use it. When it already holds an organization (and not ``force``), nothing is
     added: the tokens are printed again. The schema must be migrated already."""
     install_engine_hooks(build_gateway(settings))
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, limits=settings.database_limits)
     sessionmaker = create_sessionmaker(engine)
     now = SystemClock().now()
     try:

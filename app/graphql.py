@@ -20,6 +20,7 @@ from strawberry.extensions import (
     ValidationCache,
 )
 
+from app.database import busy_reason
 from app.settings import Settings
 from resolvers.mutation import Mutation
 from resolvers.query import Query
@@ -48,6 +49,13 @@ def _code(error: GraphQLError) -> None:
         error.extensions = {"code": "GRAPHQL_VALIDATION"}
     elif isinstance(original, (ValueError, TypeError)) and error.path is None:
         error.extensions = {"code": ValidationError.code}
+    elif (reason := busy_reason(original)) is not None:
+        # A deadline or a lost connection: the transaction rolled back, the client
+        # may simply retry; worth a line in the log, not a traceback.
+        log.warning("database busy in %s: %s", error.path, original.__class__.__name__)
+        error.message = reason
+        error.extensions = {"code": "SERVICE_BUSY"}
+        error.original_error = None
     else:
         log.error("internal error in %s", error.path, exc_info=original)
         error.message = INTERNAL_MESSAGE

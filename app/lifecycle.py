@@ -77,7 +77,7 @@ async def engine_services(
     settings: Settings,
 ) -> AsyncIterator[tuple[async_sessionmaker[AsyncSession], PaymentGateway, Any]]:
     """Database, gateway and hub for a process without HTTP (CLI, worker)."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, limits=settings.database_limits)
     gateway = build_gateway(settings)
     install_engine_hooks(gateway)
     hub = EventHub(settings.broadcast_url, create_sessionmaker(engine))

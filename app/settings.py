@@ -10,6 +10,24 @@ import os
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class DatabaseLimits:
+    """How long anything may hold a database connection, and how many there are.
+
+    On PostgreSQL the three timeouts are set on every connection (0 turns one off);
+    SQLite waits at most ``lock_timeout_ms`` for the write lock. An exhausted pool
+    raises ``sqlalchemy.exc.TimeoutError`` after ``pool_timeout_seconds`` rather than
+    letting requests queue behind a stuck one.
+    """
+
+    statement_timeout_ms: int = 15_000
+    lock_timeout_ms: int = 5_000
+    idle_in_transaction_timeout_ms: int = 30_000
+    pool_size: int = 10
+    max_overflow: int = 10
+    pool_timeout_seconds: float = 2.0
+
+
 def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
@@ -32,6 +50,12 @@ class Settings:
     max_query_tokens: int = 4000
     max_aliases: int = 30
     graphiql: bool = True
+    database_limits: DatabaseLimits = field(default_factory=DatabaseLimits)
+    # The billing clock: periods a plan catches up per account per run, accounts
+    # billed at once across organizations, and the time one account may take.
+    billing_max_periods: int = 12
+    billing_concurrency: int = 4
+    billing_account_seconds: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -52,9 +76,31 @@ class Settings:
                 env.get("DESKBILL_WORKER_INTERVAL", cls.worker_interval_seconds)
             ),
             "graphiql": _bool(env.get("DESKBILL_GRAPHIQL"), cls.graphiql),
+            "database_limits": _database_limits(env),
+            "billing_max_periods": int(env.get("DESKBILL_BILLING_MAX_PERIODS") or 12),
+            "billing_concurrency": int(env.get("DESKBILL_BILLING_CONCURRENCY") or 4),
+            "billing_account_seconds": float(env.get("DESKBILL_BILLING_ACCOUNT_SECONDS") or 30),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _database_limits(env: dict[str, str]) -> DatabaseLimits:
+    default = DatabaseLimits()
+
+    def number(name: str, fallback: float) -> float:
+        return float(env.get(f"DESKBILL_DB_{name}") or fallback)
+
+    return DatabaseLimits(
+        statement_timeout_ms=int(number("STATEMENT_TIMEOUT_MS", default.statement_timeout_ms)),
+        lock_timeout_ms=int(number("LOCK_TIMEOUT_MS", default.lock_timeout_ms)),
+        idle_in_transaction_timeout_ms=int(
+            number("IDLE_IN_TRANSACTION_TIMEOUT_MS", default.idle_in_transaction_timeout_ms)
+        ),
+        pool_size=int(number("POOL_SIZE", default.pool_size)),
+        max_overflow=int(number("MAX_OVERFLOW", default.max_overflow)),
+        pool_timeout_seconds=number("POOL_TIMEOUT", default.pool_timeout_seconds),
+    )
 
 
 def async_database_url(url: str) -> str:

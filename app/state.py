@@ -36,11 +36,13 @@ class AppState:
 def build_state(
     settings: Settings, *, engine: AsyncEngine | None = None, clock: Clock | None = None
 ) -> AppState:
-    engine = engine or create_engine(settings.database_url)
+    engine = engine or create_engine(settings.database_url, limits=settings.database_limits)
     # SQLite takes its write lock at BEGIN; reads get their own engine with ordinary
     # deferred transactions so they never queue behind writers.
     if engine.dialect.name == "sqlite":
-        read_engine = create_engine(str(engine.url), immediate=False)
+        read_engine = create_engine(
+            str(engine.url), immediate=False, limits=settings.database_limits
+        )
     else:
         read_engine = engine
     return AppState(

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 import models
 from app.database import create_engine
-from app.settings import Settings, async_database_url
+from app.settings import DatabaseLimits, Settings, async_database_url
 
 config = context.config
 target_metadata = models.Base.metadata
@@ -34,7 +34,9 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_engine(_url(), immediate=False)
+    # A revision may rewrite a large table: no statement deadline, but still no endless
+    # wait for a lock the running service holds.
+    engine = create_engine(_url(), immediate=False, limits=DatabaseLimits(statement_timeout_ms=0))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
