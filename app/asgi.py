@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -42,6 +44,8 @@ class DeskbillGraphQL(GraphQL[RequestContext, None]):
             graphql_ide="graphiql" if state.settings.graphiql else None,
             allow_queries_via_get=False,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            # Pages of the CORS origins may open subscriptions too.
+            allowed_origins=state.settings.cors_origins,
         )
         self.state = state
 
@@ -96,6 +100,24 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def cors_middleware(settings: Settings) -> list[Middleware]:
+    """CORS for the configured browser origins only (none by default). Credentials are
+    bearer tokens the page sends itself, never cookies, so ``allow_credentials`` stays
+    off; preflights may ask for ``Authorization`` and ``Content-Type``."""
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    ]
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -125,6 +147,7 @@ def create_app(
             *export_routes(state),
         ],
         lifespan=lifespan,
+        middleware=cors_middleware(settings),
     )
     app.state.deskbill = state
     return app

@@ -56,6 +56,10 @@ class Settings:
     billing_max_periods: int = 12
     billing_concurrency: int = 4
     billing_account_seconds: float = 30.0
+    # Browser origins allowed to call the API (CORS and websocket handshakes); none by default.
+    cors_origins: tuple[str, ...] = ()
+    # How often an open websocket re-checks its token and its user's access.
+    ws_recheck_seconds: float = 2.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -80,6 +84,10 @@ class Settings:
             "billing_max_periods": int(env.get("DESKBILL_BILLING_MAX_PERIODS") or 12),
             "billing_concurrency": int(env.get("DESKBILL_BILLING_CONCURRENCY") or 4),
             "billing_account_seconds": float(env.get("DESKBILL_BILLING_ACCOUNT_SECONDS") or 30),
+            "cors_origins": origins(env.get("DESKBILL_CORS_ORIGINS", "")),
+            "ws_recheck_seconds": float(
+                env.get("DESKBILL_WS_RECHECK_SECONDS", cls.ws_recheck_seconds)
+            ),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -101,6 +109,12 @@ def _database_limits(env: dict[str, str]) -> DatabaseLimits:
         max_overflow=int(number("MAX_OVERFLOW", default.max_overflow)),
         pool_timeout_seconds=number("POOL_TIMEOUT", default.pool_timeout_seconds),
     )
+
+
+def origins(value: str) -> tuple[str, ...]:
+    """A comma list of origins (``https://admin.example.com``); a browser sends the
+    origin without a trailing slash, so one typed with it would never match."""
+    return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
 
 
 def async_database_url(url: str) -> str:
