@@ -17,6 +17,9 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    column,
+    func,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -79,6 +82,34 @@ class Invoice(Base):
         Index("ix_invoices_org_status_due", "organization_id", "status", "due_date"),
         Index("ix_invoices_account_status", "account_id", "status"),
         Index("ix_invoices_finalize_at", "finalize_at"),
+        # The read lists' sort orders, each ending in the id so a keyset page is an
+        # index range scan with no sort. NUMBER and ISSUE_DATE sort on the same
+        # coalesce() the list uses (drafts have neither; they sort first ascending),
+        # with an inline literal so the query's expression matches the index.
+        Index("ix_invoices_org_due_id", "organization_id", "due_date", "id"),
+        Index("ix_invoices_org_created_id", "organization_id", "created_at", "id"),
+        Index("ix_invoices_org_total_id", "organization_id", "total", "id"),
+        Index(
+            "ix_invoices_org_number_id",
+            "organization_id",
+            func.coalesce(column("number"), literal_column("''")),
+            "id",
+        ),
+        Index(
+            "ix_invoices_org_issue_id",
+            "organization_id",
+            func.coalesce(column("issue_date"), literal_column("'1970-01-01'")),
+            "id",
+        ),
+        Index("ix_invoices_account_due_id", "account_id", "due_date", "id"),
+        # The number filter is a prefix match (LIKE 'INV-00%'): PostgreSQL needs
+        # pattern ordering for that under a non-C collation.
+        Index(
+            "ix_invoices_org_number_prefix",
+            "organization_id",
+            "number",
+            postgresql_ops={"number": "text_pattern_ops"},
+        ),
     )
 
     id: Mapped[int] = id_column()

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Date,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     String,
     Text,
@@ -29,6 +30,8 @@ class Payment(Base):
         # SPEC §7.4: never refund more than the payment's unrefunded amount.
         CheckConstraint("refunded_amount BETWEEN 0 AND amount", name="refunds_within_amount"),
         ForeignKeyConstraint(["invoice_id", "account_id"], ["invoices.id", "invoices.account_id"]),
+        # The payments list's default order, as a keyset range scan.
+        Index("ix_payments_org_created_id", "organization_id", "created_at", "id"),
     )
 
     id: Mapped[int] = id_column()

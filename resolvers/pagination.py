@@ -73,6 +73,22 @@ def page_size(first: int | None) -> int:
     return first
 
 
+def page_statement(
+    stmt: Select[Any], ordering: Ordering, *, limit: int, after: str | None
+) -> Select[Any]:
+    """``stmt`` after the cursor, in ``ordering``, one row more than ``limit`` (to tell
+    whether a next page exists), with the sort keys added as trailing columns."""
+    keys = list(ordering.keys)
+    filtered = stmt
+    if after is not None:
+        values = decode_cursor(after, len(keys))
+        row_key = tuple_(*keys)
+        bound = tuple_(*values)
+        filtered = stmt.where(row_key < bound if ordering.descending else row_key > bound)
+    direction = [k.desc() if ordering.descending else k.asc() for k in keys]
+    return filtered.add_columns(*keys).order_by(*direction).limit(limit + 1)
+
+
 async def paginate(
     sessionmaker: async_sessionmaker[AsyncSession],
     stmt: Select[Any],
@@ -84,15 +100,7 @@ async def paginate(
 ) -> Connection[T]:
     """One page of ``stmt`` (which selects one entity) in ``ordering``."""
     limit = page_size(first)
-    keys = list(ordering.keys)
-    filtered = stmt
-    if after is not None:
-        values = decode_cursor(after, len(keys))
-        row_key = tuple_(*keys)
-        bound = tuple_(*values)
-        filtered = stmt.where(row_key < bound if ordering.descending else row_key > bound)
-    direction = [k.desc() if ordering.descending else k.asc() for k in keys]
-    page_stmt = filtered.add_columns(*keys).order_by(*direction).limit(limit + 1)
+    page_stmt = page_statement(stmt, ordering, limit=limit, after=after)
 
     async with sessionmaker() as session:
         rows = (await session.execute(page_stmt)).all()

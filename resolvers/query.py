@@ -8,11 +8,11 @@ so ids from other tenants reveal nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import strawberry
-from sqlalchemy import Select, and_, case, func, literal, or_, select
+from sqlalchemy import ColumnClause, Select, and_, case, func, literal, literal_column, or_, select
 from strawberry.dataloader import DataLoader
 from strawberry.types import Info
 
@@ -99,7 +99,11 @@ def _ordering(*keys: Any, direction: SortDirection) -> Ordering:
     return Ordering(keys=keys, descending=direction == SortDirection.DESC)
 
 
-_EPOCH_DATE = datetime(1970, 1, 1).date()
+# Inline literals, not bind parameters: the expression must read exactly like the
+# one in ix_invoices_org_issue_id / ix_invoices_org_number_id for the index to serve
+# the sort (a bound parameter makes it a different expression to the planner).
+_EPOCH_LITERAL: ColumnClause[Any] = literal_column("'1970-01-01'")
+_EMPTY_LITERAL: ColumnClause[Any] = literal_column("''")
 _BALANCE = case(
     (
         and_(
@@ -115,8 +119,8 @@ _REMAINING_CREDIT = -Invoice.total - Invoice.credit_allocated - Invoice.credit_r
 def invoice_sort_key(field: str) -> Any:
     return {
         "due_date": Invoice.due_date,
-        "issue_date": func.coalesce(Invoice.issue_date, _EPOCH_DATE),
-        "number": func.coalesce(Invoice.number, ""),
+        "issue_date": func.coalesce(Invoice.issue_date, _EPOCH_LITERAL),
+        "number": func.coalesce(Invoice.number, _EMPTY_LITERAL),
         "total": Invoice.total,
         "balance_due": _BALANCE,
         "created_at": Invoice.created_at,
