@@ -123,10 +123,12 @@ def line(row: LineRow, currency: str) -> t.LineItem:
     )
 
 
-def _document_fields(row: InvoiceRow, type_name: str) -> dict[str, object]:
+def _document_fields(row: InvoiceRow) -> dict[str, object]:
     c = row.currency
     return {
-        "id": _id(type_name, row.id),
+        # One id for the document's whole life: a draft that finalizes as a credit note
+        # keeps it, and ``node`` answers whichever type the row is now.
+        "id": _id("Invoice", row.id),
         "number": row.number,
         "document_type": DocumentType(row.document_type),
         "currency": c,
@@ -139,6 +141,7 @@ def _document_fields(row: InvoiceRow, type_name: str) -> dict[str, object]:
         "total": money(row.total, c),
         "origin": row.origin,
         "created_at": row.created_at,
+        "updated_at": row.updated_at,
         "finalized_at": row.finalized_at,
         "voided_at": row.voided_at,
         "pk": row.id,
@@ -150,7 +153,7 @@ def _document_fields(row: InvoiceRow, type_name: str) -> dict[str, object]:
 def invoice(row: InvoiceRow) -> t.Invoice:
     c = row.currency
     return t.Invoice(
-        **_document_fields(row, "Invoice"),  # type: ignore[arg-type]
+        **_document_fields(row),  # type: ignore[arg-type]
         status=InvoiceStatus(row.status),
         paid_at=row.paid_at,
         amount_paid=money(row.amount_paid, c),
@@ -163,7 +166,7 @@ def credit_note(row: InvoiceRow) -> t.CreditNote:
     c = row.currency
     status = row.credit_note_status or DomainCreditNoteStatus.AVAILABLE
     return t.CreditNote(
-        **_document_fields(row, "CreditNote"),  # type: ignore[arg-type]
+        **_document_fields(row),  # type: ignore[arg-type]
         status=CreditNoteStatus(status),
         original_credit=money(-row.total, c),
         allocated_credit=money(row.credit_allocated, c),
@@ -209,6 +212,7 @@ def payment(row: PaymentRow) -> t.Payment:
         received_on=row.received_on,
         gateway_payment_intent_id=row.gateway_payment_intent_id,
         created_at=row.created_at,
+        updated_at=row.updated_at,
         succeeded_at=row.succeeded_at,
         pk=row.id,
         invoice_pk=row.invoice_id,
@@ -227,6 +231,7 @@ def refund(row: RefundRow) -> t.Refund:
         error_message=row.error_message,
         gateway_refund_id=row.gateway_refund_id,
         created_at=row.created_at,
+        updated_at=row.updated_at,
         pk=row.id,
         payment_pk=row.payment_id,
         credit_note_pk=row.credit_note_id,
@@ -245,7 +250,7 @@ def event(row: EventRow) -> t.Event:
         account_id=gid("Account", row.account_id),
         invoice_id=gid("Invoice", row.invoice_id),
         payment_id=gid("Payment", row.payment_id),
-        credit_note_id=gid("CreditNote", row.credit_note_id),
+        credit_note_id=gid("Invoice", row.credit_note_id),
         refund_id=gid("Refund", row.refund_id),
         actor_id=gid("User", row.actor_user_id),
     )

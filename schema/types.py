@@ -199,6 +199,7 @@ class Payment(Node):
     received_on: date | None
     gateway_payment_intent_id: str | None
     created_at: datetime
+    updated_at: datetime
     succeeded_at: datetime | None
     pk: strawberry.Private[int]
     invoice_pk: strawberry.Private[int]
@@ -230,6 +231,7 @@ class Refund(Node):
     error_message: str | None
     gateway_refund_id: str | None
     created_at: datetime
+    updated_at: datetime
     pk: strawberry.Private[int]
     payment_pk: strawberry.Private[int | None]
     credit_note_pk: strawberry.Private[int]
@@ -282,6 +284,10 @@ class InvoiceDocument(Node):
     total: Money
     origin: str | None
     created_at: datetime
+    updated_at: datetime = strawberry.field(
+        description="When anything about the document last changed: its lines, totals, "
+        "status, payments or credit. A client compares it to know whether to refetch."
+    )
     finalized_at: datetime | None
     voided_at: datetime | None
     pk: strawberry.Private[int]
