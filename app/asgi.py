@@ -21,10 +21,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from app.auth import TokenError, bearer_token, decode_token, load_viewer
+from app.connections import LiveConnection
 from app.exports import export_routes
 from app.graphql import build_schema
 from app.lifecycle import running
@@ -38,6 +38,9 @@ log = logging.getLogger("deskbill")
 
 
 class DeskbillGraphQL(GraphQL[RequestContext, None]):
+    # Finds the token in every form clients send it and keeps the access current.
+    graphql_transport_ws_handler_class = LiveConnection
+
     def __init__(self, state: AppState) -> None:
         super().__init__(
             build_schema(state.settings),
@@ -64,7 +67,7 @@ class DeskbillGraphQL(GraphQL[RequestContext, None]):
     async def get_context(self, request: Any, response: Any) -> RequestContext:
         context = self._context(request, response)
         if isinstance(request, WebSocket):
-            return context  # authenticated by connection_init (on_ws_connect)
+            return context  # authenticated by connection_init (app.connections)
         try:
             token = bearer_token(request.headers.get("authorization"))
             if token is not None:
@@ -72,18 +75,6 @@ class DeskbillGraphQL(GraphQL[RequestContext, None]):
         except TokenError as refused:
             context.auth_error = str(refused)
         return context
-
-    async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
-        params = context.connection_params or {}
-        raw = params.get("authorization") or params.get("Authorization") or params.get("token")
-        try:
-            token = bearer_token(raw) if isinstance(raw, str) and " " in raw else raw
-            if not isinstance(token, str) or not token:
-                raise TokenError("Send the token in connection_init: {authorization: 'Bearer …'}.")
-            await self._authenticate(context, token)
-        except TokenError as refused:
-            raise ConnectionRejectionError({"message": str(refused)}) from None
-        return None
 
     async def _authenticate(self, context: RequestContext, token: str) -> None:
         claims = decode_token(self.state.settings, token, self.state.clock.now())

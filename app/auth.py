@@ -22,6 +22,13 @@ class TokenError(Exception):
     """Why a token was refused, in words for the caller."""
 
 
+class NoLongerAllowed(TokenError):
+    """The credential is genuine, but its user may no longer act (deactivated or gone).
+
+    Open websockets close with 4403 for this and with 4401 for any other TokenError.
+    """
+
+
 def issue_token(settings: Settings, user: User, now: datetime) -> str:
     claims = {
         "sub": str(user.id),
@@ -78,7 +85,7 @@ async def load_viewer(session: AsyncSession, claims: dict[str, Any]) -> Viewer:
         )
     ).first()
     if row is None or not row[0].active:
-        raise TokenError("The user of this token no longer has access.")
+        raise NoLongerAllowed("The user of this token no longer has access.")
     user, org = row
     role = Role(user.role)
     account_ids: frozenset[int] | None = None

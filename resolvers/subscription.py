@@ -5,7 +5,10 @@ Each subscription checks who may see what *before* it streams (a refusal is the
 operation's ``error`` message, with ``extensions.code``), then follows
 ``EventHub.subscribe``: replay from the table after the client's cursor, then live, in
 id order, each event once. The stream is the event log filtered by a predicate that
-mirrors ``Query.events``, so polling and subscribing can never disagree.
+mirrors ``Query.events``, so polling and subscribing can never disagree. Before each
+message it also asks whether the connection's viewer *as it is now* may see the
+event's account: access lost while subscribed (a team removal, a demotion) stops the
+delivery without ending the subscription.
 
 Without ``after`` a subscription starts at the hub's horizon (everything settled so
 far counts as seen); with it, nothing after that cursor is lost across a reconnect.
@@ -69,15 +72,12 @@ class _Scope:
     """Which events of the organization one subscription receives."""
 
     types: Container[str] | None = None
-    account_ids: Container[int] | None = None  # the member's accounts
     account_id: int | None = None
     invoice_id: int | None = None
     payment_id: int | None = None
 
     def __call__(self, event: EventRow) -> bool:
         if self.types is not None and event.type not in self.types:
-            return False
-        if self.account_ids is not None and event.account_id not in self.account_ids:
             return False
         if self.account_id is not None and event.account_id != self.account_id:
             return False
@@ -128,7 +128,6 @@ async def _scope(
             raise NotFoundError(f"No payment {payment_id} that you may see.")
     return who, _Scope(
         types=types,
-        account_ids=who.account_ids,
         account_id=account_pk,
         invoice_id=invoice_pk,
         payment_id=payment_pk,
@@ -184,7 +183,27 @@ async def _stream(
     ctx = context(info)
     hub = _hub(ctx)
     start = hub.horizon if cursor is None else cursor
-    return _messages(ctx, hub.subscribe(who.organization_id, start, predicate), to_message)
+
+    def deliverable(event: EventRow) -> bool:
+        return _visible_now(ctx, event) and predicate(event)
+
+    return _messages(ctx, hub.subscribe(who.organization_id, start, deliverable), to_message)
+
+
+def _visible_now(ctx: RequestContext, event: EventRow) -> bool:
+    """Whether the connection's viewer *as it is now* may see ``event``.
+
+    The connection re-authenticates every few seconds and swaps its viewer (see
+    ``app.connections``), so a member removed from a team, a demoted user or a closed
+    connection stops hearing what is no longer theirs, though the subscription stays.
+    Events of no account are for those who see the whole organization.
+    """
+    current = ctx.viewer
+    if current is None:
+        return False
+    if event.account_id is None:
+        return current.account_ids is None
+    return current.can_see_account(event.account_id)
 
 
 async def _messages(
