@@ -6,8 +6,9 @@ so no request or billing step can hold a connection (or a row lock) for long; th
 pool is bounded and gives up quickly when exhausted.
 
 SQLite is the embedded default, so it is tuned to behave like a server database for
-our purposes: foreign keys on, WAL, a bounded busy timeout, and ``BEGIN IMMEDIATE`` so
-a write transaction takes the write lock up front (SQLite's stand-in for row locks).
+our purposes: foreign keys on, WAL, a busy timeout bounded by the statement deadline,
+and ``BEGIN IMMEDIATE`` so a write transaction takes the write lock up front (SQLite's
+stand-in for row locks).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ def create_engine(
     url = async_database_url(url)
     limits = limits or DatabaseLimits()
     if url.startswith("sqlite"):
-        busy_seconds = limits.lock_timeout_ms / 1000
-        engine = create_async_engine(url, connect_args={"timeout": busy_seconds}, **kwargs)
-        _tune_sqlite(engine, immediate=immediate, busy_timeout_ms=limits.lock_timeout_ms)
+        # SQLite has one writer: a write waits for every writer queued before it, so
+        # its bound is the statement deadline rather than the (short) lock deadline.
+        busy_ms = limits.statement_timeout_ms or DatabaseLimits.statement_timeout_ms
+        engine = create_async_engine(url, connect_args={"timeout": busy_ms / 1000}, **kwargs)
+        _tune_sqlite(engine, immediate=immediate, busy_timeout_ms=busy_ms)
         return engine
     kwargs.setdefault("pool_size", limits.pool_size)
     kwargs.setdefault("max_overflow", limits.max_overflow)

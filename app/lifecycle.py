@@ -35,6 +35,14 @@ def install_engine_hooks(gateway: PaymentGateway) -> None:
     register_payment_jobs(gateway)
 
 
+def billing_limits(settings: Settings) -> billing.BillingLimits:
+    return billing.BillingLimits(
+        max_periods_per_account=settings.billing_max_periods,
+        concurrency=settings.billing_concurrency,
+        account_seconds=settings.billing_account_seconds,
+    )
+
+
 def build_gateway(settings: Settings) -> PaymentGateway:
     return gateway_from_settings(
         settings.stripe_api_key, settings.stripe_webhook_secret, settings.stripe_api_base
@@ -55,7 +63,11 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
     if settings.worker_enabled if start_worker is None else start_worker:
         worker = asyncio.create_task(
             billing_loop(
-                state.sessionmaker, state.clock, settings.worker_interval_seconds, hub.announce
+                state.sessionmaker,
+                state.clock,
+                settings.worker_interval_seconds,
+                hub.announce,
+                billing_limits(settings),
             )
         )
     try:
@@ -96,7 +108,7 @@ async def bill_once(settings: Settings, as_of: datetime) -> billing.BillingRunRe
     """``deskbill bill --as-of``: one billing run, with the configured gateway."""
     async with engine_services(settings) as (sessionmaker, _gateway, hub):
         head = await log_head(sessionmaker)
-        result = await billing.run_billing(sessionmaker, None, as_of)
+        result = await billing.run_billing(sessionmaker, None, as_of, billing_limits(settings))
         for org, newest in (await newest_events(sessionmaker, head)).items():
             await hub.announce(org, newest)
         return result
@@ -107,5 +119,9 @@ async def run_worker(settings: Settings) -> None:
     async with engine_services(settings) as (sessionmaker, _gateway, hub):
         log.info("worker started: billing every %.1fs", settings.worker_interval_seconds)
         await billing_loop(
-            sessionmaker, SystemClock(), settings.worker_interval_seconds, hub.announce
+            sessionmaker,
+            SystemClock(),
+            settings.worker_interval_seconds,
+            hub.announce,
+            billing_limits(settings),
         )

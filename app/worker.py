@@ -28,14 +28,15 @@ async def billing_loop(
     clock: Clock,
     interval: float,
     announce: Announce,
+    limits: billing.BillingLimits = billing.DEFAULT_LIMITS,
 ) -> None:
-    """Run the billing clock until cancelled; a failed run is logged, not fatal."""
+    """Run the billing clock until cancelled; a failed run is logged, not fatal.
+    Each run logs one line (``BillingRunResult.summary``)."""
     head = await log_head(sessionmaker)
     while True:
         try:
-            result = await billing.run_billing(sessionmaker, None, clock.now())
-            if result.invoices_finalized or result.status_changes or result.plan_periods_added:
-                log.info("billing run: %s", result)
+            result = await billing.run_billing(sessionmaker, None, clock.now(), limits)
+            log.info("%s", result.summary())
             for org, newest in (await newest_events(sessionmaker, head)).items():
                 await announce(org, newest)
                 head = max(head, newest)

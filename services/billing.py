@@ -16,12 +16,19 @@ Every step re-reads under the lock and only acts on what is still due, so the ru
 idempotent and several workers may run it at once. A crash leaves each account either
 fully processed or untouched. After an organization's accounts, its ``ORG_JOBS`` run
 (work that owns its own transactions, e.g. gateway calls that must not hold locks).
+
+The clock cannot be stalled by one tenant (``BillingLimits``): an account adds at most
+a bounded number of plan periods per run (a plan far behind catches up over several
+runs), an account's transaction has a time budget, organizations' accounts are taken
+in turn (round robin) by a few concurrent workers, and an account that fails or runs
+out of time is rolled back, reported in the result and retried by the next run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -61,6 +68,18 @@ OrgJob = Callable[[Sessionmaker, Organization, datetime], Awaitable[object]]
 ORG_JOBS: list[OrgJob] = []
 
 
+@dataclass(frozen=True)
+class BillingLimits:
+    """Bounds of one billing run (see the module docstring)."""
+
+    max_periods_per_account: int | None = 12
+    concurrency: int = 4  # accounts billed at once (SQLite: always one writer)
+    account_seconds: float = 30.0
+
+
+DEFAULT_LIMITS = BillingLimits()
+
+
 @dataclass
 class BillingRunResult:
     as_of: datetime
@@ -73,6 +92,34 @@ class BillingRunResult:
     plans_ended: int = 0
     steps: Counter[str] = field(default_factory=Counter)
     failed_accounts: list[int] = field(default_factory=list)
+    # Why each failed account failed, in a few words (the log has the details).
+    failures: dict[int, str] = field(default_factory=dict)
+    # Accounts whose plans still have periods to catch up in the next runs.
+    accounts_continued: list[int] = field(default_factory=list)
+    failed_organizations: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One log line: what the run did and what it left for the next one."""
+        parts = [
+            f"as of {self.as_of.isoformat()}",
+            f"{self.accounts_processed} accounts",
+            f"{self.invoices_finalized} finalized",
+            f"{self.invoices_discarded} discarded",
+            f"{self.status_changes} status changes",
+            f"{self.plan_periods_added} plan periods",
+            f"{self.plans_ended} plans ended",
+        ]
+        parts += [f"{count} {name}" for name, count in sorted(self.steps.items()) if count]
+        if self.accounts_skipped:
+            parts.append(f"{self.accounts_skipped} skipped (held elsewhere)")
+        if self.accounts_continued:
+            parts.append(f"{len(self.accounts_continued)} catching up next run")
+        if self.failures:
+            failed = ", ".join(f"{a} ({why})" for a, why in sorted(self.failures.items()))
+            parts.append(f"failed accounts: {failed}")
+        if self.failed_organizations:
+            parts.append(f"failed organizations: {self.failed_organizations}")
+        return "billing run " + "; ".join(parts)
 
     @property
     def changed_anything(self) -> bool:
@@ -123,6 +170,7 @@ class AccountRun:
     status_changes: int = 0
     periods_added: int = 0
     plans_ended: int = 0
+    more_due: bool = False
     steps: Counter[str] = field(default_factory=Counter)
 
 
@@ -194,7 +242,12 @@ async def settle_outstanding(
 
 
 async def bill_account(
-    session: AsyncSession, organization_id: int, account_id: int, as_of: datetime
+    session: AsyncSession,
+    organization_id: int,
+    account_id: int,
+    as_of: datetime,
+    *,
+    max_periods: int | None = None,
 ) -> AccountRun | None:
     """All of the run's work for one account, in the caller's transaction; None when
     another worker holds the account."""
@@ -205,8 +258,9 @@ async def bill_account(
     if org is None or account.organization_id != organization_id:
         return AccountRun()
     outcome = AccountRun()
-    billed = await plans.bill_due_periods(session, org, account, as_of)
+    billed = await plans.bill_due_periods(session, org, account, as_of, max_periods=max_periods)
     outcome.periods_added, outcome.plans_ended = billed.periods_added, billed.plans_ended
+    outcome.more_due = billed.more_due
     outcome.finalized, outcome.discarded = await finalize_due_invoices(session, org, account, as_of)
     outcome.status_changes = await settle_outstanding(session, org, account, as_of)
     for step in EXTRA_STEPS:
@@ -215,41 +269,121 @@ async def bill_account(
 
 
 async def run_billing(
-    sessionmaker: Sessionmaker, org_id: int | None, as_of: datetime
+    sessionmaker: Sessionmaker,
+    org_id: int | None,
+    as_of: datetime,
+    limits: BillingLimits = DEFAULT_LIMITS,
 ) -> BillingRunResult:
     """One billing run for ``as_of``, over one organization or all of them."""
-    result = BillingRunResult(as_of=as_of)
-    async with sessionmaker() as session:
-        query = select(Organization).order_by(Organization.id)
-        if org_id is not None:
-            query = query.where(Organization.id == org_id)
-        orgs = list(await session.scalars(query))
-    for org in orgs:
-        async with sessionmaker() as session:
-            account_ids = await accounts_with_work(session, org, as_of)
-        for account_id in account_ids:
+    return await _Run(sessionmaker, as_of, limits).run(org_id)
+
+
+@dataclass
+class _Organization:
+    org: Organization
+    accounts_left: int
+    jobs_done: bool = False
+
+
+class _Run:
+    """One run's queue: the organizations' accounts interleaved, so the first account
+    of every organization comes before the second of any, worked off by a few tasks."""
+
+    def __init__(self, sessionmaker: Sessionmaker, as_of: datetime, limits: BillingLimits):
+        self.sessionmaker = sessionmaker
+        self.as_of = as_of
+        self.limits = limits
+        self.result = BillingRunResult(as_of=as_of)
+        self.queue: deque[tuple[_Organization, int | None]] = deque()
+
+    async def run(self, org_id: int | None) -> BillingRunResult:
+        async with self.sessionmaker() as session:
+            query = select(Organization).order_by(Organization.id)
+            if org_id is not None:
+                query = query.where(Organization.id == org_id)
+            orgs = list(await session.scalars(query))
+        lists: list[tuple[_Organization, list[int]]] = []
+        for org in orgs:
             try:
-                async with sessionmaker.begin() as session:
-                    outcome = await bill_account(session, org.id, account_id, as_of)
+                async with self.sessionmaker() as session:
+                    account_ids = await accounts_with_work(session, org, self.as_of)
             except Exception:
-                # One account's failure (a bug, a constraint) must not stop the others;
-                # its transaction rolled back, so it is retried by the next run.
-                log.exception("billing run failed for account %s at %s", account_id, as_of)
-                result.failed_accounts.append(account_id)
+                log.exception("billing run could not list the work of organization %s", org.id)
+                self.result.failed_organizations.append(org.id)
                 continue
-            if outcome is None:
-                result.accounts_skipped += 1
-                continue
-            result.accounts_processed += 1
-            result.invoices_finalized += outcome.finalized
-            result.invoices_discarded += outcome.discarded
-            result.status_changes += outcome.status_changes
-            result.plan_periods_added += outcome.periods_added
-            result.plans_ended += outcome.plans_ended
-            result.steps.update(outcome.steps)
+            lists.append((_Organization(org, len(account_ids)), account_ids))
+        for entry, account_ids in lists:
+            if not account_ids:
+                self.queue.append((entry, None))  # only its jobs
+        for turn in range(max((len(ids) for _, ids in lists), default=0)):
+            for entry, account_ids in lists:
+                if turn < len(account_ids):
+                    self.queue.append((entry, account_ids[turn]))
+        bind = self.sessionmaker.kw.get("bind")
+        one_writer = bind is not None and bind.dialect.name == "sqlite"
+        workers = 1 if one_writer else max(1, self.limits.concurrency)
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(workers, len(self.queue))):
+                group.create_task(self._work())
+        return self.result
+
+    async def _work(self) -> None:
+        while self.queue:
+            entry, account_id = self.queue.popleft()
+            if account_id is not None:
+                await self._account(entry.org, account_id)
+                entry.accounts_left -= 1
+            if entry.accounts_left == 0 and not entry.jobs_done:
+                entry.jobs_done = True
+                await self._jobs(entry.org)
+
+    async def _account(self, org: Organization, account_id: int) -> None:
+        result = self.result
+        try:
+            # The budget covers the whole transaction, commit included; on PostgreSQL
+            # every statement in it is also under the connection's statement and lock
+            # timeouts, and the account row itself is taken with SKIP LOCKED.
+            async with asyncio.timeout(self.limits.account_seconds):
+                async with self.sessionmaker.begin() as session:
+                    outcome = await bill_account(
+                        session,
+                        org.id,
+                        account_id,
+                        self.as_of,
+                        max_periods=self.limits.max_periods_per_account,
+                    )
+        except TimeoutError:
+            log.warning(
+                "billing run: account %s took over %.0fs and was rolled back; retried next run",
+                account_id,
+                self.limits.account_seconds,
+            )
+            result.failed_accounts.append(account_id)
+            result.failures[account_id] = f"over {self.limits.account_seconds:g}s"
+            return
+        except Exception as failure:
+            # One account's failure (a bug, a constraint) must not stop the others;
+            # its transaction rolled back, so it is retried by the next run.
+            log.exception("billing run failed for account %s at %s", account_id, self.as_of)
+            result.failed_accounts.append(account_id)
+            result.failures[account_id] = type(failure).__name__
+            return
+        if outcome is None:
+            result.accounts_skipped += 1
+            return
+        result.accounts_processed += 1
+        result.invoices_finalized += outcome.finalized
+        result.invoices_discarded += outcome.discarded
+        result.status_changes += outcome.status_changes
+        result.plan_periods_added += outcome.periods_added
+        result.plans_ended += outcome.plans_ended
+        result.steps.update(outcome.steps)
+        if outcome.more_due:
+            result.accounts_continued.append(account_id)
+
+    async def _jobs(self, org: Organization) -> None:
         for job in ORG_JOBS:
             try:
-                await job(sessionmaker, org, as_of)
+                await job(self.sessionmaker, org, self.as_of)
             except Exception:
                 log.exception("billing job %r failed for organization %s", job, org.id)
-    return result

@@ -340,14 +340,27 @@ async def subscribe(
 class PlanBilling:
     periods_added: int = 0
     plans_ended: int = 0
+    # The period budget ran out with periods still due: the next run continues.
+    more_due: bool = False
 
 
 async def bill_due_periods(
-    session: AsyncSession, org: Organization, account: Account, now: datetime
+    session: AsyncSession,
+    org: Organization,
+    account: Account,
+    now: datetime,
+    *,
+    max_periods: int | None = None,
 ) -> PlanBilling:
     """The billing run's plan step for one account (its lock is held): put every period
     that starts on or before the next billing date on the pending invoice due on its
-    first day, and mark plans ENDED once their end date has passed and is billed."""
+    first day, and mark plans ENDED once their end date has passed and is billed.
+
+    At most ``max_periods`` periods are added (over all the account's plans), so a plan
+    far behind — started years ago — catches up in bounded steps over several runs
+    instead of holding the account's lock for one enormous transaction. Each period
+    lands on the invoice of its own first day, so the steps add up to what one
+    unbounded run would have done."""
     today = invoices.local_today(org, now)
     horizon = invoices.next_billing_date(org, today)
     outcome = PlanBilling()
@@ -369,6 +382,9 @@ async def bill_due_periods(
                     or subscription.billed_through <= subscription.end_date
                 )
             ):
+                if max_periods is not None and outcome.periods_added >= max_periods:
+                    outcome.more_due = True
+                    break
                 chunk = chunk_from(org, subscription, subscription.billed_through)
                 if chunk is None:
                     break
@@ -381,6 +397,8 @@ async def bill_due_periods(
                     )
                 subscription.billed_through = chunk.end
                 outcome.periods_added += 1
+            if outcome.more_due:
+                break  # ending this plan (or a later one) waits until it is billed
         if subscription.end_date is not None and subscription.end_date < today:
             subscription.status = PlanStatus.ENDED
             outcome.plans_ended += 1
