@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from app.analytics_exports import analytics_export_routes
 from app.auth import TokenError, bearer_token, decode_token, load_viewer
 from app.connections import LiveConnection
 from app.exports import export_routes
@@ -136,6 +137,7 @@ def create_app(
             Route("/healthz", healthz),
             *extra_routes(state),
             *export_routes(state),
+            *analytics_export_routes(state),
         ],
         lifespan=lifespan,
         middleware=cors_middleware(settings),

@@ -33,6 +33,7 @@ from models import (
 )
 from models.enums import OUTSTANDING_STATUSES
 from resolvers import mapping
+from resolvers.analytics import AnalyticsQuery
 from resolvers.context import Viewer
 from resolvers.pagination import Ordering, encode_cursor, paginate
 from resolvers.permissions import (
@@ -228,7 +229,7 @@ def _connection_args(first: int | None, after: str | None) -> dict[str, Any]:
 
 
 @strawberry.type
-class Query:
+class Query(AnalyticsQuery):
     @strawberry.field(description="Who is asking: role, user, organization, visible accounts.")
     async def viewer(self, info: Info) -> t.Viewer:
         who = viewer(info)

@@ -148,6 +148,8 @@ class Span:
 
     @classmethod
     def of(cls, first: date, last: date) -> Span:
+        check_date(first, "from")
+        check_date(last, "to")
         if last < first:
             raise ValidationError("`to` must be on or after `from`.")
         if (last - first).days >= MAX_SPAN_DAYS:
@@ -155,6 +157,19 @@ class Span:
                 "Ask for at most five years at a time (`from` to `to`); split longer spans."
             )
         return cls(first, last)
+
+
+# Dates a figure may be asked about; far beyond these, date arithmetic overflows.
+EARLIEST = date(1900, 1, 1)
+LATEST = date(2999, 12, 31)
+
+
+def check_date(day: date, name: str) -> date:
+    if not EARLIEST <= day <= LATEST:
+        raise ValidationError(
+            f"`{name}` must lie between {EARLIEST.isoformat()} and {LATEST.isoformat()}."
+        )
+    return day
 
 
 def period_start(day: date, grouping: Grouping) -> date:
@@ -308,7 +323,7 @@ class RevenuePeriod:
         return self.received - self.refunded
 
 
-_REVENUE_MEASURES = ("invoiced", "tax", "credit_issued", "received", "refunded", "credit_applied")
+REVENUE_MEASURES = ("invoiced", "tax", "credit_issued", "received", "refunded", "credit_applied")
 
 
 async def revenue(
@@ -320,7 +335,7 @@ async def revenue(
     org = scope.organization_id
 
     def row(period: Any, **measures: Any) -> Any:
-        columns = [measures.get(name, _zero()).label(name) for name in _REVENUE_MEASURES]
+        columns = [measures.get(name, _zero()).label(name) for name in REVENUE_MEASURES]
         return select(cal.period(period, grouping).label("period"), *columns)
 
     documents = row(
@@ -358,13 +373,13 @@ async def revenue(
         *scope.accounts(CreditAllocation.account_id),
     )
     rows = union_all(documents, received, refunded, applied).subquery("revenue_rows")
-    stmt = select(rows.c.period, *[_sum(rows.c[name]) for name in _REVENUE_MEASURES]).group_by(
+    stmt = select(rows.c.period, *[_sum(rows.c[name]) for name in REVENUE_MEASURES]).group_by(
         rows.c.period
     )
     found = {r[0]: r[1:] for r in (await session.execute(stmt)).all()}
     out = []
     for key, first, last in periods(span, grouping):
-        values = found.get(key, (0,) * len(_REVENUE_MEASURES))
+        values = found.get(key, (0,) * len(REVENUE_MEASURES))
         out.append(RevenuePeriod(first, last, *(int(v) for v in values)))
     return out
 
