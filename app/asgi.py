@@ -27,6 +27,7 @@ from app.analytics_exports import analytics_export_routes
 from app.auth import TokenError, bearer_token, decode_token, load_viewer
 from app.connections import LiveConnection
 from app.exports import export_routes
+from app.graphiql import graphiql_page, graphiql_routes
 from app.graphql import build_schema
 from app.lifecycle import running
 from app.routes import extra_routes
@@ -76,6 +77,9 @@ class DeskbillGraphQL(GraphQL[RequestContext, None]):
         except TokenError as refused:
             context.auth_error = str(refused)
         return context
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql_page()  # vendored assets, never a CDN
 
     async def _authenticate(self, context: RequestContext, token: str) -> None:
         claims = decode_token(self.state.settings, token, self.state.clock.now())
@@ -138,6 +142,7 @@ def create_app(
             *extra_routes(state),
             *export_routes(state),
             *analytics_export_routes(state),
+            *(graphiql_routes() if settings.graphiql else []),
         ],
         lifespan=lifespan,
         middleware=cors_middleware(settings),
