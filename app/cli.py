@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +14,9 @@ from pathlib import Path
 from app.settings import Settings, async_database_url
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# After SIGTERM, open requests and websockets get this long before uvicorn cancels
+# them; the lifespan then stops the billing clock and the hub in well under 10 s.
+SHUTDOWN_GRACE_SECONDS = 4
 
 
 def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
@@ -33,6 +39,10 @@ def _parse_instant(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deskbill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--demo", action="store_true", help="fill an empty database with demo data")
     serve.add_argument("--no-worker", action="store_true", help="do not run the billing clock")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (production)")
 
     sub.add_parser("migrate", help="bring the database schema to the newest revision")
     demo = sub.add_parser("demo", help="fill an empty database with a demo coworking space")
@@ -55,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    if args.command in ("serve", "worker") and not logging.getLogger().handlers:
+        # Our own lines (one per billing run, warnings) next to uvicorn's.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.command == "export-schema":
         from app.graphql import build_schema
@@ -84,16 +98,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
+        if args.workers < 1:
+            parser.error("--workers must be 1 or more")
+        if args.workers > 1 and settings.broadcast_url.startswith("memory"):
+            sys.stderr.write(
+                f"deskbill serve --workers {args.workers} needs a broadcast channel the "
+                "processes share, or subscribers miss events served by the others: set "
+                "DESKBILL_BROADCAST_URL to redis://… or postgres://… (memory:// reaches "
+                "one process only).\n"
+            )
+            return 2
         migrate(settings.database_url)
         if args.demo:
             from app.demo import load_demo
 
             asyncio.run(load_demo(settings, force=False, host=f"http://{args.host}:{args.port}"))
         if args.no_worker:
-            settings = Settings.from_env(worker_enabled=False)
+            os.environ["DESKBILL_WORKER"] = "false"  # read again by every worker process
+            settings = Settings.from_env()
         from app.asgi import create_app
 
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so the
+        # process would end as "killed"; a finished graceful shutdown is a success.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
+        # With several processes each builds its own app (engines, hub) from the
+        # environment; uvicorn needs the factory's import path for that.
+        uvicorn.run(
+            "app.asgi:create_app" if args.workers > 1 else create_app(settings),
+            factory=args.workers > 1, workers=args.workers, host=args.host, port=args.port,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS, log_level="info",
+        )  # fmt: skip
         return 0
     parser.error(f"unknown command {args.command}")
     return 2

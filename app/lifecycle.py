@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -25,6 +26,18 @@ from services.gateway import PaymentGateway, gateway_from_settings
 from services.payments import register_payment_jobs
 
 log = logging.getLogger("deskbill.worker")
+
+# Stopping must finish within the 10 s an orchestrator gives after SIGTERM: a billing
+# run is cancelled (its open account transaction rolls back, to be redone next run),
+# and the hub gets a few seconds to close its broadcast connection.
+HUB_STOP_SECONDS = 3.0
+
+
+async def stop_hub(hub: EventHub) -> None:
+    try:
+        await asyncio.wait_for(hub.stop(), HUB_STOP_SECONDS)
+    except TimeoutError:
+        log.warning("event hub did not stop within %.0fs; leaving it", HUB_STOP_SECONDS)
 
 
 def install_engine_hooks(gateway: PaymentGateway) -> None:
@@ -77,7 +90,7 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        await hub.stop()
+        await stop_hub(hub)
         state.services.pop("hub", None)
         close = getattr(gateway, "aclose", None)
         if close is not None:
@@ -97,7 +110,7 @@ async def engine_services(
     try:
         yield create_sessionmaker(engine), gateway, hub
     finally:
-        await hub.stop()
+        await stop_hub(hub)
         close = getattr(gateway, "aclose", None)
         if close is not None:
             await close()
@@ -115,13 +128,27 @@ async def bill_once(settings: Settings, as_of: datetime) -> billing.BillingRunRe
 
 
 async def run_worker(settings: Settings) -> None:
-    """``deskbill worker``: the billing clock without HTTP, until interrupted."""
+    """``deskbill worker``: the billing clock without HTTP, until SIGTERM or SIGINT,
+    which stop it cleanly (exit status 0)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     async with engine_services(settings) as (sessionmaker, _gateway, hub):
         log.info("worker started: billing every %.1fs", settings.worker_interval_seconds)
-        await billing_loop(
-            sessionmaker,
-            SystemClock(),
-            settings.worker_interval_seconds,
-            hub.announce,
-            billing_limits(settings),
+        clock = asyncio.create_task(
+            billing_loop(
+                sessionmaker,
+                SystemClock(),
+                settings.worker_interval_seconds,
+                hub.announce,
+                billing_limits(settings),
+            )
         )
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({clock, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("worker stopping")
+        for task in (clock, stopped):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
