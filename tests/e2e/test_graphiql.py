@@ -2,7 +2,8 @@
 Chromium (Debian's, driven by playwright; no browser is ever downloaded) opens
 /graphql with every request to anything but the test server refused, pastes a token
 into the headers editor and a query into the query editor, presses Run and reads the
-answer on the page; then a subscription, over graphql-ws, shows a payment as it happens.
+answer on the page; then a subscription, over graphql-ws, shows a payment as it happens
+and, when the user is deactivated, the server's close code and reason.
 
 Without /usr/bin/chromium these tests skip with the reason, except under ``CI=true``
 (where ``.ci/run`` installs it), where a missing browser fails the run.
@@ -10,6 +11,7 @@ Without /usr/bin/chromium these tests skip with the reason, except under ``CI=tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,10 +23,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.asgi import create_app
+from services.clock import FixedClock
 from tests.api import conftest as api_fixtures
-from tests.api.conftest import Api
+from tests.api.conftest import Api, serve
 from tests.conftest import IN_CI
+from tests.e2e.test_subscription_access import set_user
 from tests.e2e.test_subscriptions import listening, record_payment_as_admin
 from tests.world import World
 
@@ -64,6 +70,18 @@ async def test_the_page_and_its_assets_come_from_deskbill_alone(api: Api) -> Non
     # Clients that ask for JSON still get the API, not the page.
     api_answer = await api.client.post("/graphql", json={"query": "{ __typename }"})
     assert api_answer.json() == {"data": {"__typename": "Query"}}
+
+
+async def test_with_graphiql_off_neither_page_nor_assets_are_served(
+    engine: AsyncEngine, clock: FixedClock
+) -> None:
+    settings = dataclasses.replace(api_fixtures.SETTINGS, graphiql=False)
+    app = create_app(settings, engine=engine, clock=clock, start_worker=False)
+    async for url in serve(app):
+        async with httpx.AsyncClient(base_url=url) as client:
+            page = await client.get("/graphql", headers={"Accept": "text/html"})
+            asset = await client.get("/static/graphiql/graphiql.min.js")
+        assert (page.status_code, asset.status_code) == (404, 404)
 
 
 @pytest.fixture
@@ -135,6 +153,13 @@ async def result_containing(page: Any, text: str) -> Any:
     return json.loads(await page.evaluate(READ_RESULT))
 
 
+async def result_text(page: Any, text: str) -> str:
+    """The text of the result pane once it shows ``text``."""
+    await page.wait_for_function(f"(t) => ({READ_RESULT})().includes(t)", arg=text, timeout=WAIT_MS)
+    shown: str = await page.evaluate(READ_RESULT)
+    return shown
+
+
 async def headers_editor(page: Any) -> str:
     """A selector for the headers editor, opened (it is the visible tool by default)."""
     tab = page.get_by_role("button", name="Headers")
@@ -165,7 +190,7 @@ async def test_a_query_with_a_pasted_token_shows_its_answer_in_the_page(
     assert refused.urls == []
 
 
-async def test_a_subscription_in_graphiql_shows_a_payment_as_it_happens(
+async def test_a_subscription_in_graphiql_shows_payments_and_why_it_closed(
     api: Api, world: World, browser: Any
 ) -> None:
     page, refused = await open_graphiql(browser, api.url)
@@ -182,4 +207,9 @@ async def test_a_subscription_in_graphiql_shows_a_payment_as_it_happens(
     payment = await record_payment_as_admin(api, world, "due", "1.00")
     shown = await result_containing(page, payment)
     assert shown == {"data": {"events": {"type": "payment.created", "paymentId": payment}}}
+
+    # The server's close code and reason reach the browser's graphql-ws client.
+    await set_user(api, "admin@harbour.test", active=False)
+    closed = await result_text(page, "4403")
+    assert "The user of this token no longer has access." in closed
     assert refused.urls == []
