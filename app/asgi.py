@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -29,7 +29,9 @@ from app.connections import LiveConnection
 from app.exports import export_routes
 from app.graphiql import graphiql_page, graphiql_routes
 from app.graphql import build_schema
+from app.health import healthz, readyz
 from app.lifecycle import running
+from app.metrics import HttpMetrics, Metrics, metrics_endpoint
 from app.routes import extra_routes
 from app.settings import Settings
 from app.state import AppState, build_state
@@ -87,15 +89,6 @@ class DeskbillGraphQL(GraphQL[RequestContext, None]):
             context.viewer = await load_viewer(session, claims)
 
 
-async def healthz(request: Request) -> Response:
-    state: AppState = request.app.state.deskbill
-    async with state.read_sessionmaker() as session:
-        from sqlalchemy import text
-
-        await session.execute(text("SELECT 1"))
-    return JSONResponse({"status": "ok"})
-
-
 def cors_middleware(settings: Settings) -> list[Middleware]:
     """CORS for the configured browser origins only (none by default). Credentials are
     bearer tokens the page sends itself, never cookies, so ``allow_credentials`` stays
@@ -123,6 +116,9 @@ def create_app(
 ) -> Starlette:
     settings = settings or Settings.from_env()
     state = build_state(settings, engine=engine, clock=clock)
+    metrics = Metrics()
+    metrics.watch_pool(state.engine)
+    state.services["metrics"] = metrics
     graphql = DeskbillGraphQL(state)
 
     @asynccontextmanager
@@ -139,13 +135,15 @@ def create_app(
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint(state)),
             *extra_routes(state),
             *export_routes(state),
             *analytics_export_routes(state),
             *(graphiql_routes() if settings.graphiql else []),
         ],
         lifespan=lifespan,
-        middleware=cors_middleware(settings),
+        middleware=[Middleware(HttpMetrics, metrics=metrics), *cors_middleware(settings)],
     )
     app.state.deskbill = state
     return app

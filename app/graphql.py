@@ -21,6 +21,7 @@ from strawberry.extensions import (
 )
 
 from app.database import busy_reason
+from app.metrics import OperationMetrics
 from app.settings import Settings
 from resolvers.mutation import Mutation
 from resolvers.query import Query
@@ -102,6 +103,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
+            # Outermost, so it sees each error after CodedErrors has given it its code.
+            OperationMetrics,
             CodedErrors,
             lambda: AddValidationRules(limits),
             lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database import create_engine, create_sessionmaker
+from app.metrics import MeteredGateway, Metrics, metered_gateway
 from app.realtime import EventHub
 from app.settings import Settings
 from app.state import AppState
@@ -67,9 +68,15 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
     """The server's lifespan: gateway and hooks, hub, and (if enabled) the worker."""
     settings = state.settings
     gateway = state.services.get("gateway") or build_gateway(settings)
+    metrics = state.services.get("metrics")
+    if isinstance(metrics, Metrics) and not isinstance(gateway, MeteredGateway):
+        gateway = metered_gateway(gateway, metrics)
     state.services["gateway"] = gateway
     install_engine_hooks(gateway)
     hub = EventHub(settings.broadcast_url, state.read_sessionmaker)
+    if isinstance(metrics, Metrics):
+        observe, clock = metrics.observe_delivery, state.clock
+        hub.on_deliver = lambda event: observe(event, clock.now())
     await hub.start()
     state.services["hub"] = hub
     worker: asyncio.Task[None] | None = None
@@ -81,6 +88,7 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
                 settings.worker_interval_seconds,
                 hub.announce,
                 billing_limits(settings),
+                metrics.record_billing_run if isinstance(metrics, Metrics) else None,
             )
         )
     try:

@@ -202,6 +202,8 @@ class EventHub:
         self._holes: list[_Hole] = []
         self._gap_pending = False
         self._feeds: dict[int, _Feed] = {}
+        # Called with each event just before a subscriber receives it (metrics).
+        self.on_deliver: Callable[[Event], None] | None = None
         self._wake = asyncio.Event()
         self._read_lock = asyncio.Lock()
         self._started = False
@@ -281,6 +283,10 @@ class EventHub:
     def horizon(self) -> int:
         """Every event id up to this one is settled and has been handed to the feeds."""
         return self._horizon
+
+    def open_subscriptions(self) -> int:
+        """How many subscriptions this hub is feeding right now."""
+        return sum(len(feed.subscriptions) for feed in self._feeds.values())
 
     def tail_sizes(self) -> dict[int, int]:
         """How many events each organization's shared tail holds (bounded by design)."""
@@ -369,6 +375,8 @@ class EventHub:
                 for event in batch:
                     sub.cursor = event.id
                     if predicate is None or predicate(event):
+                        if self.on_deliver is not None:
+                            self.on_deliver(event)
                         yield event
                 sub.cursor = max(sub.cursor, catch_up_to)
         finally:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from app.metrics import Metrics
 from app.state import AppState
 from services.events import log_head, newest_events
 from services.gateway import InvalidWebhookError, OffGateway
@@ -31,7 +32,11 @@ def stripe_webhook(state: AppState) -> Route:
                 state.sessionmaker, gateway, body, header, state.clock
             )
         except InvalidWebhookError as refused:
+            _count(state, "refused")
             return JSONResponse({"error": refused.message}, status_code=400)
+        _count(
+            state, "applied" if outcome.applied else "duplicate" if outcome.duplicate else "ignored"
+        )
         if outcome.applied:
             for org, newest in (await newest_events(state.read_sessionmaker, head)).items():
                 await state.announce(org, newest)
@@ -40,6 +45,16 @@ def stripe_webhook(state: AppState) -> Route:
         )
 
     return Route("/webhooks/stripe", receive, methods=["POST"])
+
+
+def _outcome(applied: bool, duplicate: bool) -> str:
+    return "applied" if applied else "duplicate" if duplicate else "ignored"
+
+
+def _count(state: AppState, outcome: str) -> None:
+    metrics = state.services.get("metrics")
+    if isinstance(metrics, Metrics):
+        metrics.webhooks.labels(outcome).inc()
 
 
 def extra_routes(state: AppState) -> list[BaseRoute]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +22,8 @@ from services.events import log_head, newest_events
 log = logging.getLogger("deskbill.worker")
 
 Announce = Callable[[int, int], Awaitable[None]]
+# Told of each run and its duration in seconds (``app.metrics``), or of a failed run (None).
+RunObserver = Callable[[billing.BillingRunResult | None, float], None]
 
 
 async def billing_loop(
@@ -29,14 +32,18 @@ async def billing_loop(
     interval: float,
     announce: Announce,
     limits: billing.BillingLimits = billing.DEFAULT_LIMITS,
+    observe: RunObserver | None = None,
 ) -> None:
     """Run the billing clock until cancelled; a failed run is logged, not fatal.
     Each run logs one line (``BillingRunResult.summary``)."""
     head = await log_head(sessionmaker)
     while True:
+        started = time.perf_counter()
         try:
             result = await billing.run_billing(sessionmaker, None, clock.now(), limits)
             log.info("%s", result.summary())
+            if observe is not None:
+                observe(result, time.perf_counter() - started)
             for org, newest in (await newest_events(sessionmaker, head)).items():
                 await announce(org, newest)
                 head = max(head, newest)
@@ -44,4 +51,6 @@ async def billing_loop(
             raise
         except Exception:
             log.exception("billing run failed; retrying in %.1fs", interval)
+            if observe is not None:
+                observe(None, time.perf_counter() - started)
         await asyncio.sleep(interval)
