@@ -32,6 +32,7 @@ from app.graphql import build_schema
 from app.health import healthz, readyz
 from app.lifecycle import running
 from app.metrics import HttpMetrics, Metrics, metrics_endpoint
+from app.persisted import PersistedQueries, PersistedQueryMiddleware
 from app.routes import extra_routes
 from app.settings import Settings
 from app.state import AppState, build_state
@@ -119,6 +120,9 @@ def create_app(
     metrics = Metrics()
     metrics.watch_pool(state.engine)
     state.services["metrics"] = metrics
+    persisted = PersistedQueries.from_file(
+        settings.persisted_queries, settings.persisted_queries_file
+    )
     graphql = DeskbillGraphQL(state)
 
     @asynccontextmanager
@@ -143,7 +147,11 @@ def create_app(
             *(graphiql_routes() if settings.graphiql else []),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(HttpMetrics, metrics=metrics), *cors_middleware(settings)],
+        middleware=[
+            Middleware(HttpMetrics, metrics=metrics),
+            *cors_middleware(settings),
+            Middleware(PersistedQueryMiddleware, store=persisted),
+        ],
     )
     app.state.deskbill = state
     return app

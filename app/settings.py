@@ -60,6 +60,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # How often an open websocket re-checks its token and its user's access.
     ws_recheck_seconds: float = 2.0
+    # Persisted queries: "auto" (Apollo's protocol), "only" (the manifest's documents
+    # alone), "off"; the manifest is a JSON object of sha256 → document.
+    persisted_queries: str = "auto"
+    persisted_queries_file: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -89,6 +93,8 @@ class Settings:
                 env.get("DESKBILL_WS_RECHECK_SECONDS", cls.ws_recheck_seconds)
             ),
         }
+        values["persisted_queries"] = env.get("DESKBILL_PERSISTED_QUERIES") or "auto"
+        values["persisted_queries_file"] = env.get("DESKBILL_PERSISTED_QUERIES_FILE") or None
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
