@@ -27,6 +27,7 @@ from models.enums import (
 )
 from models.event import Event
 from models.idempotency import IdempotencyRecord, ProcessedWebhook
+from models.identity import ApiKey, InstanceSecret
 from models.invoice import CreditAllocation, Invoice, LineItem
 from models.organization import Organization
 from models.payment import Payment, Refund
@@ -37,6 +38,7 @@ __all__ = [
     "AccountKind",
     "AdditionalChargesPolicy",
     "AllocationKind",
+    "ApiKey",
     "Base",
     "Booking",
     "BookingStatus",
@@ -45,6 +47,7 @@ __all__ = [
     "DocumentType",
     "Event",
     "IdempotencyRecord",
+    "InstanceSecret",
     "Invoice",
     "InvoiceStatus",
     "LineItem",

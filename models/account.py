@@ -13,6 +13,7 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = (
         UniqueConstraint("organization_id", "email"),
+        UniqueConstraint("organization_id", "external_subject"),
         enum_check("role", Role),
     )
 
@@ -22,6 +23,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     role: Mapped[str] = mapped_column(String(24), nullable=False, default=Role.MEMBER)
     active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    # The identity provider's `sub` for this person, when sign-in matches on it.
+    external_subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = created_column()
 
 

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, CheckConstraint, Integer, String
+from sqlalchemy import Boolean, CheckConstraint, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UtcDateTime, created_column, enum_check, id_column
@@ -46,6 +46,10 @@ class Organization(Base):
     autopay_default: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     autopay_retry_hours: Mapped[int] = mapped_column(Integer, nullable=False, default=4)
     default_tax_rate_ppm: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # A space for trying things out (its test clock is a feature of its own).
+    sandbox: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
 
     # Gap-free number series, advanced only under this row's lock in the
     # transaction that finalizes the invoice (a sequence would leave gaps on rollback).

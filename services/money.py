@@ -7,7 +7,10 @@ into minor units and back, rounds half-up, prorates and splits totals exactly.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
+
+import pycountry
 
 from services.errors import ValidationError
 
@@ -22,6 +25,21 @@ _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "AUD": "A$", "CA
 # SPEC §2.2: an amount beyond 10^12 major units is refused.
 MAX_MAJOR_UNITS = 10**12
 PPM = 1_000_000  # tax rates are parts per million (percent with four decimals)
+
+
+# ISO 4217 codes that name no money: "no currency" and the testing code.
+_NOT_MONEY = {"XXX", "XTS"}
+
+
+def validate_currency(code: str) -> str:
+    """The upper-cased ISO 4217 code, or VALIDATION for anything ISO does not list
+    (pycountry carries the current list, so we do not keep one by hand)."""
+    clean = code.strip().upper()
+    if not re.fullmatch(r"[A-Z]{3}", clean):
+        raise ValidationError("currency must be a three-letter ISO 4217 code such as USD.")
+    if clean in _NOT_MONEY or pycountry.currencies.get(alpha_3=clean) is None:
+        raise ValidationError(f"“{clean}” is not an ISO 4217 currency; use one such as USD or EUR.")
+    return clean
 
 
 def exponent(currency: str) -> int:

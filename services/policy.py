@@ -107,9 +107,11 @@ async def create_organization(
     now: datetime,
     *,
     actor_user_id: int | None = None,
+    sandbox: bool = False,
     **policy: Any,
 ) -> Organization:
-    """A new tenant with its currency and, optionally, policy settings (SPEC §3)."""
+    """A new tenant with its currency and, optionally, policy settings (SPEC §3).
+    A ``sandbox`` space is one for trying things out."""
     name = name.strip()
     if not name:
         raise ValidationError("An organization needs a name.")
@@ -118,13 +120,13 @@ async def create_organization(
         raise ValidationError(
             "A slug is 1–80 lowercase letters, digits and dashes, starting with a letter or digit."
         )
-    currency = currency.strip().upper()
-    if not re.fullmatch(r"[A-Z]{3}", currency):
-        raise ValidationError("currency must be a three-letter ISO 4217 code such as USD.")
+    currency = money.validate_currency(currency)
     settings = _validated(policy)
     if await session.scalar(select(Organization.id).where(Organization.slug == slug)):
         raise ConflictError(f"The slug “{slug}” is taken; choose another.")
-    org = Organization(name=name, slug=slug, currency=currency, created_at=now, **settings)
+    org = Organization(
+        name=name, slug=slug, currency=currency, sandbox=sandbox, created_at=now, **settings
+    )
     session.add(org)
     await session.flush()
     events.record(
@@ -134,6 +136,7 @@ async def create_organization(
         at=now,
         actor_user_id=actor_user_id,
         created=True,
+        sandbox=sandbox,
         changes={k: str(v) if not isinstance(v, bool | int) else v for k, v in settings.items()},
     )
     return org
