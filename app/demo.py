@@ -32,6 +32,7 @@ from app.auth import issue_token
 from app.database import create_engine, create_sessionmaker
 from app.lifecycle import build_gateway, install_engine_hooks
 from app.settings import Settings
+from app.signing import with_demo_secret
 from models import (
     Account,
     AccountKind,
@@ -589,6 +590,7 @@ async def load_demo(
     sessionmaker = create_sessionmaker(engine)
     now = SystemClock().now()
     try:
+        settings = await with_demo_secret(settings, sessionmaker)
         async with sessionmaker() as session:
             orgs = list(await session.scalars(select(Organization).order_by(Organization.id)))
         if orgs and not force:
@@ -613,5 +615,14 @@ async def load_demo(
             people = await _people(session, org)
         assert people is not None
         _print_welcome(settings, people, host, now)
+    finally:
+        await engine.dispose()
+
+
+async def demo_settings(settings: Settings) -> Settings:
+    """``settings`` with the demo database's own signing secret when none is set."""
+    engine = create_engine(settings.database_url)
+    try:
+        return await with_demo_secret(settings, create_sessionmaker(engine))
     finally:
         await engine.dispose()

@@ -1,7 +1,8 @@
 """Settings from the environment (``DESKBILL_*``), with embedded defaults.
 
 The defaults run everything on one machine with nothing installed: a SQLite file,
-an in-memory broadcast channel, the gateway off.
+an in-memory broadcast channel, the gateway off. The one thing without a default is
+the token signing secret (``app.signing`` says where one comes from).
 """
 
 from __future__ import annotations
@@ -38,9 +39,18 @@ def _bool(value: str | None, default: bool) -> bool:
 class Settings:
     database_url: str = "sqlite+aiosqlite:///deskbill.db"
     broadcast_url: str = "memory://"
-    token_secret: str = "deskbill-dev-secret-change-me-0123456789"
+    # No default on purpose: a secret that stands in the source signs nobody's tokens.
+    token_secret: str | None = None
     token_issuer: str = "deskbill"
     token_ttl_hours: int = 24 * 30
+    # Sign-in through the space's identity provider (OpenID Connect access tokens).
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_claim: str = "email"
+    oidc_organization: str | None = None
+    # A token naming an unknown key id refetches the key set at most this often.
+    oidc_jwks_cooldown_seconds: float = 30.0
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None  # tests point the real library at a fake
@@ -74,8 +84,16 @@ class Settings:
             or env.get("DESKBILL_DATABASE_URL")
             or cls.database_url,
             "broadcast_url": env.get("DESKBILL_BROADCAST_URL", cls.broadcast_url),
-            "token_secret": env.get("DESKBILL_TOKEN_SECRET", cls.token_secret),
+            "token_secret": env.get("DESKBILL_TOKEN_SECRET") or None,
             "token_issuer": env.get("DESKBILL_TOKEN_ISSUER", cls.token_issuer),
+            "oidc_issuer": env.get("DESKBILL_OIDC_ISSUER") or None,
+            "oidc_audience": env.get("DESKBILL_OIDC_AUDIENCE") or None,
+            "oidc_jwks_url": env.get("DESKBILL_OIDC_JWKS_URL") or None,
+            "oidc_claim": (env.get("DESKBILL_OIDC_CLAIM") or cls.oidc_claim).strip().lower(),
+            "oidc_organization": env.get("DESKBILL_OIDC_ORGANIZATION") or None,
+            "oidc_jwks_cooldown_seconds": float(
+                env.get("DESKBILL_OIDC_JWKS_COOLDOWN") or cls.oidc_jwks_cooldown_seconds
+            ),
             "stripe_api_key": env.get("STRIPE_API_KEY") or None,
             "stripe_webhook_secret": env.get("STRIPE_WEBHOOK_SECRET") or None,
             "stripe_api_base": env.get("STRIPE_API_BASE") or None,
@@ -97,6 +115,10 @@ class Settings:
         values["persisted_queries_file"] = env.get("DESKBILL_PERSISTED_QUERIES_FILE") or None
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def oidc_configured(self) -> bool:
+        return any((self.oidc_issuer, self.oidc_jwks_url, self.oidc_audience))
 
 
 def _database_limits(env: dict[str, str]) -> DatabaseLimits:

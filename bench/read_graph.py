@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import pstats
+import secrets
 import shutil
 import signal
 import socket
@@ -90,7 +91,7 @@ query Invoices {
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 BENCH_DATABASE = "deskbill_bench"
-TOKEN_SECRET = "deskbill-bench-secret-0123456789-0123456789"
+TOKEN_SECRET = secrets.token_urlsafe(32)  # per run; the server subprocess gets it in its env
 VARIANT_ENV = "DESKBILL_BENCH_CACHES"
 ACCOUNTS = 50
 Sessions = async_sessionmaker[AsyncSession]

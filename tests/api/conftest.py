@@ -4,6 +4,7 @@ event loop, sharing the test's database engine and movable clock."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,8 @@ from app.settings import Settings
 from services.clock import FixedClock
 from tests.world import World, build_world
 
-SETTINGS = Settings(worker_enabled=False, graphiql=True)
+# A fresh signing secret per run: no value in the source tree signs a token here.
+SETTINGS = Settings(worker_enabled=False, graphiql=True, token_secret=secrets.token_urlsafe(32))
 
 
 @dataclass

@@ -28,7 +28,7 @@ from app.settings import Settings
 from models import Invoice, Payment, Refund, Role, User
 from services import accounts, policy
 from services.clock import FixedClock
-from tests.api.conftest import Api, serve
+from tests.api.conftest import SETTINGS, Api, serve
 from tests.fakestripe import FakeStripe
 
 # The stripe library's httpx client sends form bodies as raw ``data=``; httpx warns.
@@ -206,7 +206,9 @@ async def _desk(
         if fake is not None
         else {}
     )  # fmt: skip
-    settings = Settings(worker_enabled=False, graphiql=False, **stripe)  # type: ignore[arg-type]
+    settings = Settings(
+        worker_enabled=False, graphiql=False, token_secret=SETTINGS.token_secret, **stripe
+    )  # type: ignore[arg-type]
     app = create_app(settings, engine=engine, clock=clock, start_worker=False)
     async for url in serve(app):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:

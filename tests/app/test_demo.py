@@ -34,7 +34,7 @@ import models
 from app.auth import decode_token
 from app.cli import migrate
 from app.database import create_engine, create_sessionmaker
-from app.demo import load_demo
+from app.demo import demo_settings, load_demo
 from app.settings import Settings
 from models import (
     Account,
@@ -171,7 +171,11 @@ async def test_the_demo_holds_a_realistic_space(demo: Demo) -> None:
     assert f"{HOST}/graphql" in demo.output
     found = tokens_in(demo.output)
     assert found["ADMIN"][0] == "Harriet Hale" and found["MEMBER"][0] == "Maya Patel"
-    claims = decode_token(demo.settings, found["MEMBER"][1], datetime.now(UTC))
+    # Signed with the demo database's own secret: nothing was configured.
+    assert demo.settings.token_secret is None
+    signed = await demo_settings(demo.settings)
+    assert signed.token_secret is not None and len(signed.token_secret) >= 32
+    claims = decode_token(signed, found["MEMBER"][1], datetime.now(UTC))
     assert claims["org"] == 1
     assert "invoices(" in demo.output  # the sample query
 
@@ -219,8 +223,9 @@ async def test_serve_demo_serves_graphql_with_the_printed_tokens(
     copy = demo.path.with_name("served.db")
     shutil.copy(demo.path, copy)
     port = _free_port()
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{copy}", "DESKBILL_WORKER": "false",
-           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    # Nothing of ours configured (no DESKBILL_TOKEN_SECRET), as after a fresh checkout.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESKBILL_")}
+    env.update(DATABASE_URL=f"sqlite:///{copy}", DESKBILL_WORKER="false", PYTHONUNBUFFERED="1")
     log = (tmp_path / "server.log").open("wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port),
@@ -275,3 +280,19 @@ async def test_serve_demo_serves_graphql_with_the_printed_tokens(
     assert seen and seen <= own
     assert member["invoices"]["totalCount"] < admin["invoices"]["totalCount"]
     assert {n["account"]["id"] for n in nodes} > own
+
+
+async def test_each_demo_database_signs_with_a_secret_of_its_own(
+    demo: Demo, tmp_path: Path
+) -> None:
+    """The demo's secret is generated once per database, kept in it, and is no value
+    from the source: a second database gets another one."""
+    first = await demo_settings(demo.settings)
+    assert (await demo_settings(demo.settings)).token_secret == first.token_secret
+    other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    await asyncio.to_thread(migrate, other)
+    second = await demo_settings(Settings(database_url=other))
+    assert second.token_secret != first.token_secret
+    # A configured secret wins over the stored one.
+    configured = Settings(database_url=demo.url, token_secret="x" * 40)
+    assert (await demo_settings(configured)).token_secret == "x" * 40

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -155,7 +156,8 @@ class GraphQLWS:
 
 # -- processes ---------------------------------------------------------------------------
 
-TOKEN_SECRET = "e2e-secret-shared-by-the-test-and-its-servers-0123456789"
+# Made per run, shared by the test and the servers it starts.
+TOKEN_SECRET = secrets.token_urlsafe(32)
 SHARED_REDIS = os.environ.get("DESKBILL_TEST_REDIS", "redis://127.0.0.1:6379/0")
 BIN = Path(sys.executable).parent
 
