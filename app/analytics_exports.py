@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.auth import TokenError, bearer_token, decode_token, load_viewer
+from app.auth import TokenError, authenticate, bearer_token
 from app.state import AppState
 from models import Role
 from resolvers.analytics import scope_for
@@ -218,9 +218,8 @@ def analytics_export_routes(state: AppState) -> list[BaseRoute]:
             token = bearer_token(request.headers.get("authorization"))
             if token is None:
                 raise TokenError("Send `Authorization: Bearer <token>` to export.")
-            claims = decode_token(state.settings, token, state.clock.now())
             async with state.read_sessionmaker() as session:
-                who = await load_viewer(session, claims)
+                who = await authenticate(session, state.settings, token, state.clock.now())
         except TokenError as refused:
             return _refusal(str(refused), "UNAUTHENTICATED", 401)
         if who.role not in (Role.ADMIN, Role.ANALYST):

@@ -24,7 +24,7 @@ from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from app.analytics_exports import analytics_export_routes
-from app.auth import TokenError, bearer_token, decode_token, load_viewer
+from app.auth import TokenError, authenticate, bearer_token
 from app.connections import LiveConnection
 from app.exports import export_routes
 from app.graphiql import graphiql_page, graphiql_routes
@@ -85,9 +85,10 @@ class DeskbillGraphQL(GraphQL[RequestContext, None]):
         return graphiql_page()  # vendored assets, never a CDN
 
     async def _authenticate(self, context: RequestContext, token: str) -> None:
-        claims = decode_token(self.state.settings, token, self.state.clock.now())
         async with self.state.read_sessionmaker() as session:
-            context.viewer = await load_viewer(session, claims)
+            context.viewer = await authenticate(
+                session, self.state.settings, token, self.state.clock.now()
+            )
 
 
 def cors_middleware(settings: Settings) -> list[Middleware]:

@@ -1,41 +1,58 @@
-"""Bearer tokens: signed JWTs naming a user and an organization.
+"""Who is calling: the one credential check behind HTTP, CSV exports and websockets.
 
-The role is read from the user row on every request, not trusted from the token, so
-demoting or deactivating a user takes effect at once.
+``authenticate`` accepts three kinds of bearer credential:
+
+* Deskbill's own tokens: HS256 JWTs naming a user and an organization, signed with
+  ``DESKBILL_TOKEN_SECRET`` (``issue_token``);
+* access tokens of the space's identity provider (``app.oidc``), matched on one claim
+  (``sub`` or ``email``) to an active user of the configured organization;
+* API keys (``dbk_<prefix>_<secret>``, ``services.apikeys``), with a role of their own.
+
+The role of a person is read from the user row on every call, never trusted from the
+token, so demoting or deactivating a user takes effect at once; a revoked key is
+refused on its next use.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.oidc import OidcRefusal, verify_oidc_token
 from app.settings import Settings
 from models import Account, Organization, Role, TeamMembership, User
-from resolvers.context import Viewer
+from resolvers.viewer import Viewer
+from services import apikeys
+
+NOT_VALID = "The bearer token is not valid for this server."
 
 
 class TokenError(Exception):
-    """Why a token was refused, in words for the caller."""
+    """Why a credential was refused, in words for the caller."""
 
 
 class NoLongerAllowed(TokenError):
-    """The credential is genuine, but its user may no longer act (deactivated or gone).
+    """The credential is genuine, but its user may no longer act (deactivated or gone,
+    or the API key revoked).
 
     Open websockets close with 4403 for this and with 4401 for any other TokenError.
     """
 
 
-def issue_token(settings: Settings, user: User, now: datetime) -> str:
+def issue_token(settings: Settings, user: User, now: datetime, ttl_hours: int | None = None) -> str:
+    if settings.token_secret is None:
+        raise TokenError("This server has no DESKBILL_TOKEN_SECRET, so it issues no tokens.")
+    hours = settings.token_ttl_hours if ttl_hours is None else ttl_hours
     claims = {
         "sub": str(user.id),
         "org": user.organization_id,
         "iss": settings.token_issuer,
         "iat": int(now.timestamp()),
-        "exp": int((now + timedelta(hours=settings.token_ttl_hours)).timestamp()),
+        "exp": int((now + timedelta(hours=hours)).timestamp()),
     }
     return jwt.encode(claims, settings.token_secret, algorithm="HS256")
 
@@ -43,6 +60,10 @@ def issue_token(settings: Settings, user: User, now: datetime) -> str:
 def decode_token(settings: Settings, token: str, now: datetime) -> dict[str, Any]:
     """Verify signature, issuer and expiry; expiry against the app's clock, so tests
     that move time see tokens expire as a user would."""
+    if settings.token_secret is None:
+        raise TokenError(
+            "This server does not accept its own tokens; sign in through your identity provider."
+        )
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -56,7 +77,7 @@ def decode_token(settings: Settings, token: str, now: datetime) -> dict[str, Any
             },
         )
     except jwt.InvalidTokenError:
-        raise TokenError("The bearer token is not valid for this server.") from None
+        raise TokenError(NOT_VALID) from None
     if not isinstance(claims["exp"], int) or claims["exp"] <= now.timestamp():
         raise TokenError("Your token has expired; sign in again for a new one.")
     return claims
@@ -71,21 +92,69 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
-async def load_viewer(session: AsyncSession, claims: dict[str, Any]) -> Viewer:
+async def authenticate(
+    session: AsyncSession, settings: Settings, token: str, now: datetime
+) -> Viewer:
+    """The caller that ``token`` stands for, or TokenError with the reason.
+
+    Reads through ``session``; at most once a minute per API key it also records the
+    key's last use and commits ``session``."""
+    if apikeys.split_key(token) is not None:
+        return await _key_viewer(session, token, now)
     try:
-        user_id = int(claims["sub"])
-        org_id = int(claims["org"])
-    except (KeyError, TypeError, ValueError):
-        raise TokenError("The bearer token is not valid for this server.") from None
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        raise TokenError(
+            "The bearer token is not valid for this server: it is neither a Deskbill "
+            "token, an API key nor a JWT."
+        ) from None
+    issuer = unverified.get("iss")
+    if issuer == settings.token_issuer:
+        claims = decode_token(settings, token, now)
+        try:
+            user_id, org_id = int(claims["sub"]), int(claims["org"])
+        except (KeyError, TypeError, ValueError):
+            raise TokenError(NOT_VALID) from None
+        expires = datetime.fromtimestamp(claims["exp"], UTC)
+        gone = "The user of this token no longer has access."
+        return await _person(session, User.id == user_id, org_id, expires, gone)
+    if settings.oidc_configured and isinstance(issuer, str) and issuer == settings.oidc_issuer:
+        try:
+            claims = await verify_oidc_token(settings, token, now.timestamp())
+        except OidcRefusal as refused:
+            raise TokenError(str(refused)) from None
+        oidc_org = await session.scalar(
+            select(Organization.id).where(Organization.slug == settings.oidc_organization)
+        )
+        if oidc_org is None:
+            raise TokenError("Sign-in is set up for an organization that does not exist here.")
+        value = str(claims[settings.oidc_claim])
+        match = (
+            func.lower(User.email) == value.strip().lower()
+            if settings.oidc_claim == "email"
+            else User.external_subject == value
+        )
+        expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
+        unknown = (
+            f"No active user of this organization has the {settings.oidc_claim} {value!r}; "
+            "ask an admin to add you."
+        )
+        return await _person(session, match, oidc_org, expires, unknown)
+    raise TokenError(f"Tokens from issuer {issuer!r} are not accepted by this server.")
+
+
+async def _person(
+    session: AsyncSession, match: Any, organization_id: int, expires_at: datetime, refusal: str
+) -> Viewer:
     row = (
         await session.execute(
             select(User, Organization)
             .join(Organization, Organization.id == User.organization_id)
-            .where(User.id == user_id, User.organization_id == org_id)
+            .where(match, User.organization_id == organization_id)
         )
     ).first()
     if row is None or not row[0].active:
-        raise NoLongerAllowed("The user of this token no longer has access.")
+        raise NoLongerAllowed(refusal)
     user, org = row
     role = Role(user.role)
     account_ids: frozenset[int] | None = None
@@ -100,4 +169,26 @@ async def load_viewer(session: AsyncSession, claims: dict[str, Any]) -> Viewer:
         currency=org.currency,
         timezone=org.timezone,
         account_ids=account_ids,
+        expires_at=expires_at,
     )
+
+
+async def _key_viewer(session: AsyncSession, token: str, now: datetime) -> Viewer:
+    key = await apikeys.verify_api_key(session, token)
+    if key is None:
+        raise TokenError("This API key is not valid for this server; check that it is complete.")
+    org = await session.get(Organization, key.organization_id)
+    if key.revoked_at is not None or org is None:
+        raise NoLongerAllowed("This API key was revoked; ask an admin for a new one.")
+    viewer = Viewer(
+        user_id=None,
+        organization_id=org.id,
+        role=Role(key.role),
+        currency=org.currency,
+        timezone=org.timezone,
+        account_ids=None,
+        api_key_id=key.id,
+    )
+    if await apikeys.note_use(session, key, now):
+        await session.commit()
+    return viewer

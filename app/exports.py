@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from strawberry.types.base import get_object_definition
 
-from app.auth import TokenError, bearer_token, decode_token, load_viewer
+from app.auth import TokenError, authenticate, bearer_token
 from app.state import AppState
 from models import Account, Invoice, LineItem, Payment
 from resolvers import query
@@ -171,9 +171,8 @@ def export_routes(state: AppState) -> list[BaseRoute]:
             token = bearer_token(request.headers.get("authorization"))
             if token is None:
                 raise TokenError("Send `Authorization: Bearer <token>` to export.")
-            claims = decode_token(state.settings, token, state.clock.now())
             async with state.read_sessionmaker() as session:
-                who = await load_viewer(session, claims)
+                who = await authenticate(session, state.settings, token, state.clock.now())
         except TokenError as refused:
             return JSONResponse({"error": str(refused), "code": "UNAUTHENTICATED"}, status_code=401)
         try:

@@ -61,7 +61,7 @@ def _id(type_name: str, pk: int) -> strawberry.ID:
 def organization(row: OrganizationRow) -> t.Organization:
     return t.Organization(
         id=_id("Organization", row.id), name=row.name, slug=row.slug, currency=row.currency,
-        pk=row.id,
+        sandbox=row.sandbox, pk=row.id,
     )  # fmt: skip
 
 

@@ -2,8 +2,11 @@
 
 from strawberry.tools import merge_types
 
+from resolvers.identity import IdentityMutations
 from resolvers.mutations.billing import BillingMutations
 from resolvers.mutations.credit import CreditMutations
 from resolvers.mutations.payments import PaymentMutations
 
-Mutation = merge_types("Mutation", (BillingMutations, CreditMutations, PaymentMutations))
+Mutation = merge_types(
+    "Mutation", (BillingMutations, CreditMutations, PaymentMutations, IdentityMutations)
+)

@@ -32,7 +32,7 @@ from models import (
     User,
 )
 from models.enums import OUTSTANDING_STATUSES
-from resolvers import mapping
+from resolvers import identity, mapping
 from resolvers.analytics import AnalyticsQuery
 from resolvers.context import Viewer
 from resolvers.pagination import Ordering, encode_cursor, paginate
@@ -47,6 +47,7 @@ from resolvers.permissions import (
 from schema import filters as f
 from schema import types as t
 from schema.enums import SortDirection
+from schema.identity_types import ApiKey
 from schema.ids import decode
 from schema.pagination import Connection
 from services import money
@@ -235,7 +236,7 @@ class Query(AnalyticsQuery):
         who = viewer(info)
         ctx = context(info)
         async with ctx.read_sessionmaker() as session:
-            user = await session.get(User, who.user_id)
+            user = None if who.user_id is None else await session.get(User, who.user_id)
             org = await session.get(Organization, who.organization_id)
             stmt = select(Account).where(
                 Account.organization_id == who.organization_id,
@@ -243,14 +244,20 @@ class Query(AnalyticsQuery):
             )
             if who.account_ids is None:
                 stmt = stmt.where(Account.user_id == who.user_id)
-            accounts = list(await session.scalars(stmt.order_by(Account.id)))
-        assert user is not None and org is not None
+            # An API key is no person and has no accounts of its own.
+            no_person = who.user_id is None
+            accounts = [] if no_person else list(await session.scalars(stmt.order_by(Account.id)))
+        assert (user is not None or no_person) and org is not None
         return t.Viewer(
             role=who.role,
-            user=mapping.user(user),
+            user=None if user is None else mapping.user(user),
             organization=mapping.organization(org),
             accounts=[mapping.account(a) for a in accounts],
         )
+
+    @strawberry.field(description="The organization's API keys, revoked ones too (ADMIN only).")
+    async def api_keys(self, info: Info) -> list[ApiKey]:
+        return await identity.api_keys(info)
 
     @strawberry.field
     async def organization(self, info: Info) -> t.Organization:
@@ -618,7 +625,9 @@ async def _node_by_query(info: Info, type_name: str, pk: int) -> t.Node | None:
         "PlanTemplate": PlanTemplate,
         "PlanSubscription": PlanSubscription,
         "Event": Event,
-    }[type_name]
+    }.get(type_name)
+    if model is None:
+        return None  # API keys are listed by `apiKeys`, not fetched as nodes
     async with context(info).read_sessionmaker() as session:
         row = await session.get(model, pk)
         if row is None or row.organization_id != who.organization_id:

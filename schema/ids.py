@@ -20,6 +20,7 @@ TYPE_NAMES = frozenset(
         "PlanTemplate",
         "PlanSubscription",
         "Event",
+        "ApiKey",
     }
 )
 

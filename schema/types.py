@@ -73,6 +73,7 @@ class Organization(Node):
     name: str
     slug: str
     currency: str
+    sandbox: bool = strawberry.field(description="A space for trying things out.")
     pk: strawberry.Private[int]
 
     @strawberry.field
@@ -425,6 +426,6 @@ class BookingEligibility:
 @strawberry.type(description="Who is asking, and what they may see.")
 class Viewer:
     role: Role
-    user: User
+    user: User | None = strawberry.field(description="The person; null for an API key.")
     organization: Organization
     accounts: list[Account]

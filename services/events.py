@@ -45,6 +45,8 @@ class EventType:
     BOOKING_CREATED = "booking.created"
     BOOKING_UPDATED = "booking.updated"
     BOOKING_CANCELLED = "booking.cancelled"
+    API_KEY_CREATED = "api_key.created"
+    API_KEY_REVOKED = "api_key.revoked"
 
 
 def record(
