@@ -1,4 +1,5 @@
-"""The ``deskbill`` command: serve, migrate, demo, bill, worker, token, export-schema."""
+"""The ``deskbill`` command: serve, worker, migrate, demo, bill, export-schema, and
+the provisioning commands ``org``, ``token`` and ``apikey`` (``app.provision``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from app.settings import Settings, async_database_url
+from app.signing import ConfigurationError, check_credentials
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # After SIGTERM, open requests and websockets get this long before uvicorn cancels
@@ -63,12 +66,26 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("worker", help="run the billing clock without serving HTTP")
     sub.add_parser("export-schema", help="print the GraphQL SDL")
+    from app import provision
+
+    provision.add_commands(sub)
 
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command in ("serve", "worker") and not logging.getLogger().handlers:
         # Our own lines (one per billing run, warnings) next to uvicorn's.
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.command in provision.COMMANDS:
+        return provision.run(args, settings, migrate)
+    try:
+        # The demo makes a secret of its own, but one that is set must be good.
+        demo_fills_in = getattr(args, "demo", False) and settings.token_secret is None
+        if args.command in ("serve", "worker") and not demo_fills_in:
+            check_credentials(settings)
+    except ConfigurationError as missing:
+        print(missing, file=sys.stderr)
+        return 2
 
     if args.command == "export-schema":
         from app.graphql import build_schema
@@ -110,12 +127,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         migrate(settings.database_url)
         if args.demo:
-            from app.demo import load_demo
+            from app.demo import demo_settings, load_demo
 
             asyncio.run(load_demo(settings, force=False, host=f"http://{args.host}:{args.port}"))
+            settings = asyncio.run(demo_settings(settings))
+            if args.workers > 1 and settings.token_secret is not None:
+                # Worker processes read their settings from the environment again.
+                os.environ["DESKBILL_TOKEN_SECRET"] = settings.token_secret
         if args.no_worker:
             os.environ["DESKBILL_WORKER"] = "false"  # read again by every worker process
-            settings = Settings.from_env()
+            settings = replace(settings, worker_enabled=False)
         from app.asgi import create_app
 
         # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so the
