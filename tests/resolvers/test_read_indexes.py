@@ -8,6 +8,7 @@ scan of the invoices and no sort node (the index already gives the order).
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import pytest
@@ -59,7 +60,7 @@ async def _plan(engine: AsyncEngine, stmt: Any) -> str:
 async def filled(engine: AsyncEngine) -> AsyncEngine:
     if engine.dialect.name != "postgresql":
         pytest.skip("EXPLAIN plans are read on PostgreSQL, the production database")
-    await build_world(create_sessionmaker(engine), Settings())
+    await build_world(create_sessionmaker(engine), Settings(token_secret=secrets.token_urlsafe(32)))
     async with engine.begin() as conn:
         for statement in FILL.split(";\n"):
             if statement.strip():
