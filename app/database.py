@@ -105,7 +105,25 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 
 def busy_reason(error: BaseException) -> str | None:
     """A sentence for a person when ``error`` is the database saying "not now" (a
-    deadline passed, the pool is exhausted, the connection was lost); None otherwise."""
+    deadline passed, the pool is exhausted, the connection was lost); None otherwise.
+
+    The exceptions it was raised while handling count too: a connection lost in the
+    middle of a statement often surfaces as the failed rollback that followed."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        reason = _busy_reason(current)
+        if reason is not None:
+            return reason
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return None
+
+
+def _busy_reason(error: BaseException) -> str | None:
     if isinstance(error, exc.TimeoutError):
         return "The service is busy: no database connection came free in time. Try again shortly."
     if not isinstance(error, exc.DBAPIError):

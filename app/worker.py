@@ -36,10 +36,12 @@ async def billing_loop(
 ) -> None:
     """Run the billing clock until cancelled; a failed run is logged, not fatal.
     Each run logs one line (``BillingRunResult.summary``)."""
-    head = await log_head(sessionmaker)
+    head: int | None = None
     while True:
         started = time.perf_counter()
         try:
+            if head is None:  # inside the try: a database gone at start is retried too
+                head = await log_head(sessionmaker)
             result = await billing.run_billing(sessionmaker, None, clock.now(), limits)
             log.info("%s", result.summary())
             if observe is not None:
