@@ -47,6 +47,7 @@ def add_commands(sub: Any) -> None:
     create.add_argument("--slug", help="default: made from the name")
     create.add_argument("--admin-email", required=True)
     create.add_argument("--admin-name", required=True)
+    create.add_argument("--admin-subject", help="the admin's `sub` at your identity provider")
     create.add_argument("--sandbox", action="store_true", help="a space for trying things out")
     create.add_argument("--json", action="store_true")
     listing = org.add_parser("list", help="every organization with its slug and id")
@@ -89,7 +90,13 @@ def _org_json(org: Organization) -> dict[str, Any]:
 
 
 def _user_json(user: User) -> dict[str, Any]:
-    return {"id": user.id, "email": user.email, "name": user.name, "role": user.role}
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "role": user.role,
+        "externalSubject": user.external_subject,
+    }
 
 
 def _key_json(key: ApiKey) -> dict[str, Any]:
@@ -129,6 +136,7 @@ async def _org_create(
         timezone=args.timezone,
         billing_day=args.billing_day,
         sandbox=args.sandbox,
+        admin_subject=args.admin_subject,
     )
     out: dict[str, Any] = {"organization": _org_json(org), "admin": _user_json(admin)}
     text = f"Created “{org.name}” (slug {org.slug}, id {org.id}, {org.currency}"

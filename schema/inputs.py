@@ -35,6 +35,10 @@ class CreateUserInput:
     with_account: bool = strawberry.field(
         default=True, description="Also open the user's own (USER) account."
     )
+    external_subject: str | None = strawberry.field(
+        default=None,
+        description="The identity provider's `sub` for this person (sign-in by subject).",
+    )
 
 
 @strawberry.type

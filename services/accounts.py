@@ -79,7 +79,10 @@ async def create_user(
     role: Role = Role.MEMBER,
     now: datetime,
     actor_user_id: int | None = None,
+    external_subject: str | None = None,
 ) -> User:
+    """A user of ``org``. ``external_subject`` is the identity provider's ``sub`` for
+    them, when sign-in matches on it."""
     clean_email = _email(email, required=True)
     try:
         role = Role(role)
@@ -90,12 +93,24 @@ async def create_user(
     )
     if taken is not None:
         raise ConflictError(f"A user with email {clean_email} already exists here.")
+    subject = (external_subject or "").strip() or None
+    if subject is not None:
+        if len(subject) > 255:
+            raise ValidationError("An external subject is at most 255 characters.")
+        holder = await session.scalar(
+            select(User.email).where(
+                User.organization_id == org.id, User.external_subject == subject
+            )
+        )
+        if holder is not None:
+            raise ConflictError(f"The external subject {subject!r} already belongs to {holder}.")
     user = User(
         organization_id=org.id,
         email=clean_email,
         name=_name(name, "user"),
         role=role,
         active=True,
+        external_subject=subject,
         created_at=now,
     )
     session.add(user)

@@ -43,6 +43,7 @@ async def provision_organization(
     timezone: str | None = None,
     billing_day: int | None = None,
     sandbox: bool = False,
+    admin_subject: str | None = None,
 ) -> tuple[Organization, User]:
     """A new organization (default policy, optionally its timezone and billing day)
     and its first ADMIN. An e-mail that already signs in to any space is refused, so
@@ -65,7 +66,13 @@ async def provision_organization(
         session, name, slug or slug_for(name), currency, now, sandbox=sandbox, **settings
     )
     admin = await accounts.create_user(
-        session, org, email=admin_email, name=admin_name, role=Role.ADMIN, now=now
+        session,
+        org,
+        email=admin_email,
+        name=admin_name,
+        role=Role.ADMIN,
+        now=now,
+        external_subject=admin_subject,
     )
     return org, admin
 

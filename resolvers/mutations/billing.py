@@ -72,7 +72,7 @@ class BillingMutations:
             org = await organization(session, who)
             user = await accounts.create_user(
                 session, org, email=input.email, name=input.name, role=Role(input.role.value),
-                now=now, actor_user_id=who.user_id,
+                now=now, actor_user_id=who.user_id, external_subject=input.external_subject,
             )  # fmt: skip
             account = None
             if input.with_account:

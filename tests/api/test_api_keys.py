@@ -210,3 +210,14 @@ async def test_last_use_is_recorded_at_most_once_a_minute(
     finally:
         for engine in engines:
             event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_revoking_a_key_closes_its_open_subscription(api: Api, world: World) -> None:
+    created = await _create(api, world.tokens["admin"], "Dashboard", "ANALYST")
+    async with GraphQLWS.connect(api.url, created["key"]) as client:
+        await client.subscribe("subscription { events { type } }")
+        body = await api.gql(REVOKE, {"id": created["apiKey"]["id"]}, token=world.tokens["admin"])
+        assert "errors" not in body, body
+        closed = await client.closed()
+    assert closed.code == 4403
+    assert "revoked" in closed.reason

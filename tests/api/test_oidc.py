@@ -260,15 +260,20 @@ async def test_unknown_kids_do_not_refetch_within_the_cooldown(
 async def test_the_sub_claim_matches_the_users_external_subject(
     engine: AsyncEngine, clock: FixedClock, provider: Provider
 ) -> None:
+    create = "mutation ($input: CreateUserInput!) { createUser(input: $input) { user { email } } }"
     async for signin in _signin(engine, clock, provider, oidc_claim="sub"):
-        async with signin.api.state.sessionmaker.begin() as session:
-            await session.execute(
-                update(User)
-                .where(User.email == "bob@harbour.test")
-                .values(external_subject="00u-bob")
-            )
-        body = await signin.api.gql(WHO, token=provider.token(clock.now(), sub="00u-bob"))
-        assert body["data"]["viewer"]["user"] == {"email": "bob@harbour.test"}
+        admin = signin.world.tokens["admin"]
+        person = {"email": "cara@harbour.test", "name": "Cara", "externalSubject": "00u-cara"}
+        made = await signin.api.gql(create, {"input": person}, token=admin)
+        assert made["data"]["createUser"]["user"] == {"email": "cara@harbour.test"}, made
+        taken = {**person, "email": "cara2@harbour.test"}
+        refused = await signin.api.gql(create, {"input": taken}, token=admin)
+        assert refused["errors"][0]["extensions"]["code"] == "CONFLICT"
+        body = await signin.api.gql(WHO, token=provider.token(clock.now(), sub="00u-cara"))
+        assert body["data"]["viewer"] == {
+            "role": "MEMBER", "user": {"email": "cara@harbour.test"},
+            "organization": {"slug": "harbour"},
+        }  # fmt: skip
         # With `sub` configured, a matching e-mail alone signs nobody in.
-        stranger = provider.token(clock.now(), sub="00u-unknown", email="bob@harbour.test")
+        stranger = provider.token(clock.now(), sub="00u-unknown", email="cara@harbour.test")
         assert "no active user" in _refusal(await signin.api.gql(WHO, token=stranger)).lower()

@@ -69,13 +69,14 @@ VIEWER = """{ viewer { role user { email }
 
 
 async def test_org_create_prints_a_token_that_works_over_http(api: Api, cli: Any) -> None:
-    code, out, err = await cli(*ORG, "--sandbox", "--json")
+    code, out, err = await cli(*ORG, "--sandbox", "--admin-subject", "00u-ann", "--json")
     assert (code, err) == (0, "")
     (line,) = out.strip().splitlines()  # exactly one JSON object
     made = json.loads(line)
     assert made["organization"]["slug"] == "leith-works"
     assert made["organization"]["sandbox"] is True
     assert made["admin"]["email"] == "ann@leith.example"
+    assert made["admin"]["externalSubject"] == "00u-ann"
 
     body = await api.gql(VIEWER, token=made["token"])
     assert body == {"data": {"viewer": {
