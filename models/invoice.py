@@ -28,6 +28,8 @@ from models.base import Base, BigId, UtcDateTime, created_column, enum_check, id
 from models.enums import AllocationKind, CreditNoteStatus, DocumentType, InvoiceStatus, LineKind
 
 Amount = BigInteger
+_OPEN = "status IN ('UPCOMING', 'DUE', 'OVERDUE', 'PROCESSING')"
+_CREDIT_NOTE = "document_type = 'CREDIT_NOTE'"
 
 
 class Invoice(Base):
@@ -102,6 +104,37 @@ class Invoice(Base):
             "id",
         ),
         Index("ix_invoices_account_due_id", "account_id", "due_date", "id"),
+        # Analytics: receivables aging and outstanding credit read only open invoices
+        # or only credit notes, grouped by account; these partial indexes cover every
+        # column those figures read, so PostgreSQL answers from the index alone.
+        Index(
+            "ix_invoices_open_by_account",
+            "organization_id",
+            "account_id",
+            postgresql_include=[
+                "due_date",
+                "total",
+                "amount_paid",
+                "credit_applied",
+                "document_type",
+            ],
+            postgresql_where=text(_OPEN),
+            sqlite_where=text(_OPEN),
+        ),
+        Index(
+            "ix_invoices_credit_notes_by_account",
+            "organization_id",
+            "account_id",
+            postgresql_include=[
+                "total",
+                "credit_allocated",
+                "credit_refunded",
+                "status",
+                "issue_date",
+            ],
+            postgresql_where=text(_CREDIT_NOTE),
+            sqlite_where=text(_CREDIT_NOTE),
+        ),
         # The number filter is a prefix match (LIKE 'INV-00%'): PostgreSQL needs
         # pattern ordering for that under a non-C collation.
         Index(
