@@ -1,5 +1,5 @@
 """Receivables aging and outstanding credit read PostgreSQL's partial indexes of open
-invoices and of credit notes (migration 0004), not the whole invoice table.
+invoices and of credit notes (migration 0005), not the whole invoice table.
 
 The statements are the ones the engine sends (recorded as it runs them), over 20,000
 invoices and 2,000 credit notes so the planner's choice is the one it makes on a real
