@@ -31,8 +31,8 @@ import json
 import os
 import platform
 import random
-import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -494,7 +495,7 @@ async def wait_ready(server: Server, client: httpx.AsyncClient) -> None:
 
 
 def make_servers(
-    names: list[str], database_url: str, workdir: Path, token_secret: str
+    names: list[str], database_url: str, workdir: Path, token_secret: str, deskbill: str
 ) -> list[Server]:
     pg_url = database_url.replace("postgresql://", "postgres://", 1)
     node_env = {**os.environ, "NODE_ENV": "production"}
@@ -509,7 +510,7 @@ def make_servers(
                 "DESKBILL_WORKER": "false",
             }
             argv = [
-                str(ROOT / ".venv" / "bin" / "deskbill"),
+                deskbill,
                 "serve",
                 "--host",
                 "127.0.0.1",
@@ -889,7 +890,7 @@ async def count_statements(
     client: httpx.AsyncClient,
     names: list[str],
     database_url: str,
-    dbname: str,
+    deskbill: str,
     secret: str,
     token: str,
     plans: dict[str, dict[str, Plan]],
@@ -897,12 +898,14 @@ async def count_statements(
     requests: int,
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """SQL statements per request (all / SELECTs), each server behind the proxy."""
-    counter = StatementCounter("127.0.0.1", int(re.findall(r":(\d+)/", database_url)[0]))
+    url = urlsplit(database_url)
+    counter = StatementCounter(url.hostname or "127.0.0.1", url.port or 5432)
     await counter.start()
-    proxied = re.sub(r":\d+/", f":{counter.port}/", database_url)
+    userinfo = url.netloc.rsplit("@", 1)[0] + "@" if "@" in url.netloc else ""
+    proxied_url = urlunsplit(url._replace(netloc=f"{userinfo}127.0.0.1:{counter.port}"))
     results: dict[tuple[str, str], tuple[float, float]] = {}
     try:
-        for server in make_servers(names, proxied, workdir, secret):
+        for server in make_servers(names, proxied_url, workdir, secret, deskbill):
             if server.flavour == "deskbill":
                 server.headers = {"Authorization": f"Bearer {token}"}
             server.start()
@@ -968,7 +971,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=11.0, help="seconds after each run")
     p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     p.add_argument("--no-readme", action="store_true", help="print the table only")
+    p.add_argument(
+        "--deskbill",
+        default=str(ROOT / ".venv" / "bin" / "deskbill"),
+        help="the deskbill command to migrate and serve with (another checkout's, say)",
+    )
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     sizes = SMALL if args.small else FULL
     for key in ("accounts", "invoices", "lines", "payments"):
         if getattr(args, key) is None:
@@ -1005,7 +1014,7 @@ async def run(args: argparse.Namespace) -> Report:
         env = {**os.environ, "DATABASE_URL": database_url}
         await asyncio.to_thread(
             subprocess.run,
-            [str(ROOT / ".venv" / "bin" / "deskbill"), "migrate"],
+            [args.deskbill, "migrate"],
             env=env,
             cwd=ROOT,
             check=True,
@@ -1019,7 +1028,7 @@ async def run(args: argparse.Namespace) -> Report:
         await asyncio.to_thread(npm_install, log)
 
         token = admin_token(secret)
-        servers = make_servers(names, database_url, workdir, secret)
+        servers = make_servers(names, database_url, workdir, secret, args.deskbill)
         async with httpx.AsyncClient() as client:
             for server in servers:
                 if server.flavour == "deskbill":
@@ -1059,7 +1068,7 @@ async def run(args: argparse.Namespace) -> Report:
                 client,
                 names,
                 database_url,
-                dbname,
+                args.deskbill,
                 secret,
                 token,
                 plans,
@@ -1245,9 +1254,11 @@ def table(report: Report) -> str:
     return "\n\n".join(parts)
 
 
-def commit() -> str:
+def commit(deskbill: str) -> str:
+    """The commit of the checkout whose Deskbill was measured (``<checkout>/.venv/bin/``)."""
+    checkout = Path(deskbill).parent.parent.parent
     out = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True
+        ["git", "-C", str(checkout), "log", "-1", "--format=%h"], capture_output=True, text=True
     ).stdout.strip()
     return out or "unknown"
 
@@ -1255,11 +1266,13 @@ def commit() -> str:
 def section(report: Report) -> str:
     a = report.args
     c = report.counts
-    command = ".venv/bin/python bench/vs_postgraphile.py" + (" --small" if a.small else "")
+    command = shlex.join(
+        [".venv/bin/python", "bench/vs_postgraphile.py", *(x for x in a.argv if x != "--no-readme")]
+    )
     return "\n".join(
         [
             BEGIN_MARK,
-            f"Run {report.started:%Y-%m-%d %H:%M} UTC on `{commit()}`:",
+            f"Run {report.started:%Y-%m-%d %H:%M} UTC on `{commit(a.deskbill)}`:",
             "",
             "```",
             command,
