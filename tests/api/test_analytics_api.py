@@ -292,3 +292,19 @@ async def test_csv_exports_refuse_members_and_bad_parameters(api: Api, world: Wo
         assert body["code"] == "VALIDATION" and words in body["error"], (params, body)
     status, body = await _csv(api, "nothing", token)
     assert status == 404 and isinstance(body, dict) and "revenue" in body["error"]
+
+
+async def test_an_analyst_api_key_reads_figures_and_csv(api: Api, world: World) -> None:
+    created = await api.gql(
+        'mutation { createApiKey(name: "Warehouse", role: ANALYST) { key } }',
+        token=world.tokens["admin"],
+    )
+    key = _data(created)["createApiKey"]["key"]
+    body = await api.gql(REVENUE, {"from": "2026-08-01", "to": "2026-08-31"}, token=key)
+    assert _amounts(_data(body)["revenue"]["total"]) == {
+        "invoiced": "217.49",
+        "collected": "185.00",
+    }
+    status, rows = await _csv(api, "credit-outstanding", key)
+    assert status == 200 and isinstance(rows, list)
+    assert [r["remaining"] for r in rows] == ["10.00"]
