@@ -15,11 +15,13 @@ refused on its next use.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.oidc import OidcRefusal, verify_oidc_token
@@ -29,6 +31,7 @@ from resolvers.viewer import Viewer
 from services import apikeys
 
 NOT_VALID = "The bearer token is not valid for this server."
+log = logging.getLogger("deskbill.auth")
 
 
 class TokenError(Exception):
@@ -189,6 +192,11 @@ async def _key_viewer(session: AsyncSession, token: str, now: datetime) -> Viewe
         account_ids=None,
         api_key_id=key.id,
     )
-    if await apikeys.note_use(session, key, now):
-        await session.commit()
+    try:
+        if await apikeys.note_use(session, key, now):
+            await session.commit()
+    except DBAPIError:
+        # Last use is a note for people; a busy database must not refuse the request.
+        log.warning("could not record the last use of API key %s", key.prefix)
+        await session.rollback()
     return viewer
