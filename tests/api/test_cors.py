@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.asgi import create_app
 from app.settings import Settings
 from services.clock import FixedClock
-from tests.api.conftest import serve
+from tests.api.conftest import SETTINGS, serve
 from tests.e2e import PROTOCOL
 from tests.world import World, build_world
 
@@ -30,7 +30,7 @@ PREFLIGHT = {
 async def server(
     engine: AsyncEngine, clock: FixedClock, env: dict[str, str]
 ) -> AsyncIterator[tuple[str, World]]:
-    config = Settings.from_env(env, worker_enabled=False)
+    config = Settings.from_env(env, worker_enabled=False, token_secret=SETTINGS.token_secret)
     app = create_app(config, engine=engine, clock=clock, start_worker=False)
     async for url in serve(app):
         yield url, await build_world(app.state.deskbill.sessionmaker, config)
