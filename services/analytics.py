@@ -340,13 +340,6 @@ def _zero() -> ColumnElement[int]:
 _PAID_AT = func.coalesce(Payment.succeeded_at, Payment.created_at)
 
 
-def _payment_period(cal: Calendar) -> ColumnElement[Any]:
-    return case(
-        (Payment.received_on.is_not(None), cal.period_of_date(Payment.received_on)),
-        else_=cal.period_of_instant(_PAID_AT),
-    )
-
-
 def _payment_days_after(cal: Calendar, due: Any) -> ColumnElement[int]:
     return case(
         (Payment.received_on.is_not(None), cal.days_between(Payment.received_on, due)),
@@ -436,11 +429,18 @@ async def revenue(
         tax=by_day.c.tax,
         credit_issued=by_day.c.credit,
     )
-    received = row(_payment_period(cal), received=Payment.amount).where(
+    # Offline payments by their received-on date, the others by the instant they
+    # succeeded: two plain branches rather than a CASE and an OR on every row.
+    succeeded = [
         Payment.organization_id == org,
         Payment.status == PaymentStatus.SUCCEEDED,
-        _payment_in_span(cal),
         *scope.accounts(Payment.account_id),
+    ]
+    received_offline = row(cal.period_of_date(Payment.received_on), received=Payment.amount).where(
+        *succeeded, Payment.received_on.is_not(None), cal.date_in_span(Payment.received_on)
+    )
+    received_online = row(cal.period_of_instant(_PAID_AT), received=Payment.amount).where(
+        *succeeded, Payment.received_on.is_(None), cal.instant_in_span(_PAID_AT)
     )
     refunded = row(cal.period_of_instant(Refund.created_at), refunded=Refund.amount).where(
         Refund.organization_id == org,
@@ -458,7 +458,11 @@ async def revenue(
         *scope.accounts(CreditAllocation.account_id),
     )
     rows = union_all(
-        documents, per_period(received), per_period(refunded), per_period(applied)
+        documents,
+        per_period(received_offline),
+        per_period(received_online),
+        per_period(refunded),
+        per_period(applied),
     ).subquery("revenue_rows")
     stmt = select(rows.c.period, *[_sum(rows.c[name]) for name in REVENUE_MEASURES]).group_by(
         rows.c.period
