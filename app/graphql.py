@@ -26,9 +26,14 @@ from app.settings import Settings
 from resolvers.mutation import Mutation
 from resolvers.query import Query
 from resolvers.subscription import Subscription
+from schema.limits import guard
+from schema.scalars import SCALAR_OVERRIDES
 from services.errors import DomainError, ValidationError
 
 log = logging.getLogger("deskbill.graphql")
+
+# Sizes, counts and ranges of every root field's arguments (schema/limits.py).
+guard(Query, Mutation, Subscription)
 
 INTERNAL_MESSAGE = (
     "Something went wrong on our side; the request changed nothing. It has been logged."
@@ -102,6 +107,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
+        # Money, dates and instants parse strictly (schema/scalars.py).
+        scalar_overrides=SCALAR_OVERRIDES,
         extensions=[
             # Outermost, so it sees each error after CodedErrors has given it its code.
             OperationMetrics,

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from schema.ids import pk_within_range
 from schema.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Connection, Edge, PageInfo
 from services.errors import ValidationError
 
@@ -40,13 +41,50 @@ def _encode_value(value: object) -> object:
     return value
 
 
+# A sort key that is text (a name, a number) is far shorter; longer is not ours.
+MAX_CURSOR_TEXT = 1000
+MAX_CURSOR_CHARS = 4000
+_INT64 = range(-(2**63), 2**63)
+
+
 def _decode_value(value: object) -> object:
-    if isinstance(value, dict):
-        if "t" in value:
-            return datetime.fromisoformat(value["t"])
-        if "d" in value:
-            return date.fromisoformat(value["d"])
-    return value
+    """One sort-key value of a cursor, or ``ValueError`` when it is not one we write."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((tag, text),) = value.items()
+        if isinstance(text, str) and len(text) <= 64:
+            if tag == "t":
+                return datetime.fromisoformat(text)
+            if tag == "d":
+                return date.fromisoformat(text)
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, int) and value in _INT64:
+        return value
+    elif isinstance(value, str) and len(value) <= MAX_CURSOR_TEXT and "\x00" not in value:
+        return value
+    elif value is None:
+        return None
+    raise ValueError("not a sort-key value")
+
+
+def _expected_type(key: Any) -> type | None:
+    try:
+        python_type: type = key.type.python_type
+    except (AttributeError, NotImplementedError):
+        return None
+    return python_type
+
+
+def _fits(value: object, key: Any) -> bool:
+    """Does a decoded value have the type of its sort key (when the key says)?"""
+    expected = _expected_type(key)
+    if value is None or expected is None:
+        return True
+    if expected is datetime:
+        return isinstance(value, datetime)
+    if expected is date:
+        return isinstance(value, date) and not isinstance(value, datetime)
+    return isinstance(value, expected)
 
 
 def encode_cursor(values: Sequence[object]) -> str:
@@ -54,15 +92,38 @@ def encode_cursor(values: Sequence[object]) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, width: int) -> list[object]:
+def decode_cursor(cursor: str, keys: Sequence[Any] | int) -> list[object]:
+    """The sort-key values inside ``cursor``, checked against ``keys`` (their number,
+    types and ranges; given only a width, their number and ranges), so a forged cursor
+    is VALIDATION and never reaches SQL."""
+    width = keys if isinstance(keys, int) else len(keys)
+    forged = ValidationError("The `after` cursor is not one this API gave out.")
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise forged
     try:
-        raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode())
+        raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode("ascii"))
         values = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise ValidationError("The `after` cursor is not one this API gave out.") from None
+    except (binascii.Error, ValueError, UnicodeError, RecursionError):
+        raise forged from None
     if not isinstance(values, list) or len(values) != width:
         raise ValidationError("The `after` cursor does not fit this list and sort order.")
-    return [_decode_value(v) for v in values]
+    try:
+        decoded = [_decode_value(v) for v in values]
+    except (ValueError, OverflowError):
+        raise forged from None
+    if not isinstance(keys, int) and not all(
+        _fits(value, key) for value, key in zip(decoded, keys, strict=True)
+    ):
+        raise ValidationError("The `after` cursor does not fit this list and sort order.")
+    return decoded
+
+
+def parse_sequence_cursor(after: str) -> int:
+    """An event cursor: the event's sequence number, ASCII digits within int64."""
+    sequence = pk_within_range(after) if len(after) <= 20 else None
+    if sequence is None:
+        raise ValidationError("`after` must be an event cursor (the `cursor` of an event).")
+    return sequence
 
 
 def page_size(first: int | None) -> int:
@@ -81,7 +142,7 @@ def page_statement(
     keys = list(ordering.keys)
     filtered = stmt
     if after is not None:
-        values = decode_cursor(after, len(keys))
+        values = decode_cursor(after, keys)
         row_key = tuple_(*keys)
         bound = tuple_(*values)
         filtered = stmt.where(row_key < bound if ordering.descending else row_key > bound)

@@ -64,7 +64,10 @@ def pk_of(global_id: str, *type_names: str, field: str = "id") -> int:
     decoded = decode(global_id)
     if decoded is None or decoded[0] not in type_names:
         expected = " or ".join(type_names)
-        raise ValidationError(f"`{field}` must be the id of a {expected}.")
+        article = "an" if expected[0] in "AEIOU" else "a"
+        raise ValidationError(
+            f"`{field}` must be the id of {article} {expected} as this API gives it out."
+        )
     return decoded[1]
 
 

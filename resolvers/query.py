@@ -35,7 +35,7 @@ from models.enums import OUTSTANDING_STATUSES
 from resolvers import identity, mapping
 from resolvers.analytics import AnalyticsQuery
 from resolvers.context import Viewer
-from resolvers.pagination import Ordering, encode_cursor, paginate
+from resolvers.pagination import Ordering, encode_cursor, paginate, parse_sequence_cursor
 from resolvers.permissions import (
     account_scope,
     context,
@@ -604,9 +604,7 @@ def events_statement(who: Viewer, flt: f.EventFilter | None) -> Select[Any]:
 
 
 def parse_event_cursor(after: str) -> int:
-    if not after.isdigit():
-        raise ValidationError("`after` must be an event cursor (the `cursor` of an event).")
-    return int(after)
+    return parse_sequence_cursor(after)
 
 
 def _event_cursor_to_keyset(after: str) -> str:

@@ -172,6 +172,7 @@ async def create_booking(
             raise ValidationError("An hourly rate cannot be negative.")
         price = price_for_duration(hourly_rate, starts_at, ends_at)
     assert price is not None
+    money.check_bound(price, org.currency, "hourlyRate × duration")
     if price < 0:
         raise ValidationError("A booking's price cannot be negative.")
 

@@ -180,8 +180,10 @@ def _validate_spec(spec: LineSpec) -> tuple[str, LineKind]:
         raise ValidationError("Every line needs a description.")
     if len(description) > MAX_DESCRIPTION:
         raise ValidationError(f"A line description is at most {MAX_DESCRIPTION} characters.")
-    if not isinstance(spec.quantity, int) or spec.quantity < 1:
-        raise ValidationError("A line's quantity must be a whole number of at least 1.")
+    if not isinstance(spec.quantity, int) or not 1 <= spec.quantity <= money.MAX_QUANTITY:
+        raise ValidationError(
+            f"A line's quantity must be a whole number from 1 to {money.MAX_QUANTITY:,}."
+        )
     if spec.unit_price == 0:
         raise ValidationError(
             f"The line “{description}” has a zero amount; lines of zero amount are refused."
@@ -269,6 +271,9 @@ async def add_line(
         created_at=now,
     )
     _price_line(line, spec.unit_price)
+    # quantity × unitPrice, and with tax, may not leave the accepted range.
+    money.check_bound(line.amount, invoice.currency, "quantity × unitPrice")
+    money.check_bound(line.total, invoice.currency, "The line with its tax")
     session.add(line)
     await session.flush()
     _touch(org, invoice, now)

@@ -25,6 +25,24 @@ _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "AUD": "A$", "CA
 # SPEC §2.2: an amount beyond 10^12 major units is refused.
 MAX_MAJOR_UNITS = 10**12
 PPM = 1_000_000  # tax rates are parts per million (percent with four decimals)
+# A line's quantity: the column is a 32-bit integer, and no desk is sold by the million.
+MAX_QUANTITY = 1_000_000
+
+
+def max_minor(currency: str) -> int:
+    """The largest amount accepted, in minor units: 10^12 major units."""
+    return MAX_MAJOR_UNITS * 10 ** exponent(currency)
+
+
+def check_bound(minor: int, currency: str, field: str) -> int:
+    """``minor`` when a computed amount (a product, a sum, a prorated price) stays
+    within 10^12 major units, so every column and sum stays far inside int64."""
+    if abs(minor) > max_minor(currency):
+        raise ValidationError(
+            f"{field} comes to more than the largest amount accepted (10^12 "
+            f"{currency.upper()}); use smaller numbers."
+        )
+    return minor
 
 
 # ISO 4217 codes that name no money: "no currency" and the testing code.
@@ -110,7 +128,10 @@ def parse_tax_rate(value: str | Decimal) -> int:
 
 
 def tax_rate_percent(ppm: int) -> Decimal:
-    return Decimal(ppm).scaleb(-4).normalize() if ppm else Decimal(0)
+    """The percent as an exact decimal without trailing zeros: 20, 8.25, 0.5."""
+    percent = Decimal(ppm).scaleb(-4).normalize() if ppm else Decimal(0)
+    # normalize() writes 20 as 2E+1; a whole percent keeps its digits instead.
+    return percent.quantize(Decimal(1)) if percent == percent.to_integral_value() else percent
 
 
 def tax(amount: int, rate_ppm: int) -> int:

@@ -1,0 +1,137 @@
+"""Bounds on every argument of the root fields, checked once where arguments arrive.
+
+Scalars (schema/scalars.py) settle what one value may look like; this module settles
+the rest: the window of supported dates, how long each kind of text may be, how many
+items a list may hold (a list filter becomes one SQL parameter per item, and the
+drivers stop at 32,767), and that a range never ends before it starts. ``InputLimits`` is a field
+extension attached to every root field that takes arguments (``guard``), so no
+resolver needs its own checks and none can forget them. A refusal is ``VALIDATION``
+naming the field; it happens before the resolver runs, so nothing is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, date, datetime
+from typing import Any
+
+from strawberry.extensions import FieldExtension
+from strawberry.types.base import get_object_definition
+from strawberry.utils.str_converters import to_camel_case
+
+from schema.scalars import refused
+
+# Outside this window a date is a typo or an attack, never a billing date: no plan,
+# booking, filter or billing run reaches a year the engine cannot reason about.
+EARLIEST_DATE = date(2000, 1, 1)
+LATEST_DATE = date(2099, 12, 31)
+MAX_LIST_ITEMS = 1000
+# Free text by field name (the Python name of an argument or input field).
+MAX_TEXT = {
+    "email": 254,
+    "name": 200,
+    "resource_name": 200,
+    "description": 500,
+    "note": 2000,
+    "reason": 2000,
+    "search": 200,
+    "number": 64,
+    "timezone": 64,
+    "idempotency_key": 255,
+    "types": 64,
+}
+# Any other text (ids, cursors, enum-like strings) is short; this bounds what slips by.
+DEFAULT_MAX_TEXT = 1000
+# (start, end) pairs of one input: the end may not come before the start.
+RANGES = (("from_", "to"), ("start_date", "end_date"), ("starts_at", "ends_at"))
+
+
+def _graphql_name(owner: object, python_name: str) -> str:
+    definition = get_object_definition(owner)
+    if definition is not None:
+        for field in definition.fields:
+            if field.python_name == python_name:
+                return field.graphql_name or to_camel_case(python_name)
+    return to_camel_case(python_name)
+
+
+def _day(value: date) -> date:
+    """The calendar day of a date, or of an instant in UTC (naive ones are UTC)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).date() if value.tzinfo else value.date()
+    return value
+
+
+def _comparable(value: date) -> tuple[int, int, int]:
+    # A date against an instant compares by calendar day; aware or naive alike.
+    return (value.year, value.month, value.day)
+
+
+def _check_range(owner: object, path: str) -> None:
+    for start_name, end_name in RANGES:
+        start = getattr(owner, start_name, None)
+        end = getattr(owner, end_name, None)
+        if start is None or end is None:
+            continue
+        if isinstance(start, datetime) and isinstance(end, datetime):
+            before = (
+                end < start
+                if (start.tzinfo is None) == (end.tzinfo is None)
+                else _comparable(end) < _comparable(start)
+            )
+        elif isinstance(start, date) and isinstance(end, date):
+            before = _comparable(end) < _comparable(start)
+        else:
+            continue
+        if before:
+            end_field = f"{path}.{_graphql_name(owner, end_name)}"
+            start_field = f"{path}.{_graphql_name(owner, start_name)}"
+            raise refused(f"`{end_field}` comes before `{start_field}`.", end_field)
+
+
+def check_value(value: object, name: str, path: str) -> None:
+    """Refuse ``value`` (the argument or input field ``name`` at ``path``) if it is
+    too long, too many, or an input whose range runs backwards."""
+    if isinstance(value, date):
+        if not EARLIEST_DATE <= _day(value) <= LATEST_DATE:
+            raise refused(
+                f"`{path}` must lie between {EARLIEST_DATE.isoformat()} and "
+                f"{LATEST_DATE.isoformat()}; got {value.isoformat()}.",
+                path,
+            )
+    elif isinstance(value, str):
+        cap = MAX_TEXT.get(name, DEFAULT_MAX_TEXT)
+        if len(value) > cap:
+            raise refused(f"`{path}` is at most {cap} characters; got {len(value)}.", path)
+        if "\x00" in value:
+            raise refused(f"`{path}` contains a NUL character, which no text may.", path)
+    elif isinstance(value, list):
+        if len(value) > MAX_LIST_ITEMS:
+            raise refused(f"`{path}` takes at most {MAX_LIST_ITEMS} items; got {len(value)}.", path)
+        for index, item in enumerate(value):
+            check_value(item, name, f"{path}[{index}]")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            inner = getattr(value, field.name)
+            if inner is not None:
+                check_value(inner, field.name, f"{path}.{_graphql_name(value, field.name)}")
+        _check_range(value, path)
+
+
+class InputLimits(FieldExtension):
+    """Checks a field's converted arguments before its resolver runs."""
+
+    def map_arguments(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        for name, value in kwargs.items():
+            if value is not None:
+                check_value(value, name, to_camel_case(name))
+        return kwargs
+
+
+def guard(*roots: type) -> None:
+    """Attach ``InputLimits`` to every field of ``roots`` that takes arguments."""
+    for root in roots:
+        definition = get_object_definition(root, strict=True)
+        for field in definition.fields:
+            if field.arguments and not any(isinstance(e, InputLimits) for e in field.extensions):
+                field.extensions.append(InputLimits())
