@@ -33,7 +33,7 @@ def stripe_webhook(state: AppState) -> Route:
             )
         except InvalidWebhookError as refused:
             _count(state, "refused")
-            return JSONResponse({"error": refused.message}, status_code=400)
+            return JSONResponse({"error": refused.message, "code": refused.code}, status_code=400)
         _count(
             state, "applied" if outcome.applied else "duplicate" if outcome.duplicate else "ignored"
         )

@@ -7,6 +7,10 @@ to the state of the object the event carries.
 * Each event id is processed once: its ``ProcessedWebhook`` row is inserted first in
   the same transaction as its effect, so a concurrent duplicate waits on the primary
   key and then finds it taken; a duplicate is acknowledged and ignored.
+* A signed event is still checked for shape before anything is read from it: ids are
+  Stripe-like tokens of bounded length, and every field the engine reads has the
+  type it expects. A malformed event is ``InvalidWebhookError`` (400, nothing
+  written) rather than an internal error that Stripe would retry for days.
 * Events arrive out of order: the state comes from the event's object, applied by the
   forward-only ``apply_payment_intent_state`` / ``apply_refund_state``, so a late
   ``payment_failed`` can never undo a ``succeeded``.
@@ -14,6 +18,7 @@ to the state of the object the event carries.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +54,94 @@ REFUND_EVENTS = frozenset(
 SETUP_EVENTS = frozenset({"setup_intent.succeeded"})
 
 
+# Stripe's ids are letters, digits and underscores (evt_…, pi_…, re_…, cus_…).
+_STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
+_EVENT_TYPE = re.compile(r"[a-z0-9_.]{1,120}")
+# Stripe's own metadata limits: 50 keys of 40 characters, values of 500.
+MAX_METADATA_KEYS = 50
+MAX_TEXT = 5000
+_INT64 = range(0, 2**63)
+
+
+def _malformed(what: str) -> InvalidWebhookError:
+    return InvalidWebhookError(f"The webhook event is malformed: {what}.")
+
+
+def _stripe_id(value: object, what: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not _STRIPE_ID.fullmatch(value):
+        raise _malformed(f"{what} is not a Stripe id")
+
+
+def _text(value: object, what: str, *, optional: bool = True, limit: int = MAX_TEXT) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        raise _malformed(f"{what} is not a string of at most {limit} characters")
+
+
+def _amount(value: object, what: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _INT64:
+        raise _malformed(f"{what} is not a whole number of minor units")
+
+
+def _reference(value: object, what: str) -> None:
+    """An expandable field: an id, an object with an id, or absent."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    _stripe_id(value, what, optional=True)
+
+
+def _metadata(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or len(value) > MAX_METADATA_KEYS:
+        raise _malformed("metadata is not an object of at most 50 entries")
+    for key, item in value.items():
+        _text(key, "a metadata key", optional=False, limit=40)
+        _text(item, "a metadata value", optional=False, limit=500)
+
+
+def check_event(event: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
+    """The event's id, type and object, once every field the engine reads has the
+    type it should; ``InvalidWebhookError`` otherwise."""
+    event_id, event_type = event.get("id"), event.get("type")
+    _stripe_id(event_id, "its id")
+    if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
+        raise _malformed("its type is not an event type")
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    if not isinstance(obj, Mapping):
+        raise _malformed("it carries no object")
+    _stripe_id(obj.get("id"), "the object's id")
+    _metadata(obj.get("metadata"))
+    assert isinstance(event_id, str)
+    if event_type in PAYMENT_INTENT_EVENTS or event_type in REFUND_EVENTS:
+        _text(obj.get("status"), "the object's status", optional=False, limit=64)
+        _amount(obj.get("amount"), "the object's amount")
+    if event_type in PAYMENT_INTENT_EVENTS:
+        _amount(obj.get("amount_received"), "amount_received")
+        _text(obj.get("currency"), "currency", limit=10)
+        _text(obj.get("client_secret"), "client_secret", limit=500)
+        _reference(obj.get("payment_method"), "payment_method")
+        error = obj.get("last_payment_error")
+        if error is not None:
+            if not isinstance(error, Mapping):
+                raise _malformed("last_payment_error is not an object")
+            for name in ("code", "decline_code", "message"):
+                _text(error.get(name), f"last_payment_error.{name}")
+    if event_type in REFUND_EVENTS:
+        _reference(obj.get("payment_intent"), "payment_intent")
+        _text(obj.get("failure_reason"), "failure_reason", limit=200)
+    if event_type in SETUP_EVENTS:
+        _reference(obj.get("customer"), "customer")
+        _reference(obj.get("payment_method"), "payment_method")
+    return event_id, event_type, obj
+
+
 @dataclass(frozen=True)
 class WebhookOutcome:
     """What happened to one delivery: ``duplicate`` when the event id was seen
@@ -78,10 +171,7 @@ async def handle_stripe_webhook(
     """
     now = clock.now()
     event = gateway.verify_webhook(raw_body, signature_header, now=now)
-    event_id, event_type = str(event["id"]), str(event["type"])
-    obj = (event.get("data") or {}).get("object")
-    if not isinstance(obj, Mapping) or "id" not in obj:
-        raise InvalidWebhookError("The webhook event carries no object.")
+    event_id, event_type, obj = check_event(event)
     try:
         async with sessionmaker() as session, session.begin():
             session.add(ProcessedWebhook(event_id=event_id, type=event_type, received_at=now))
@@ -117,9 +207,12 @@ async def _apply(
     return False
 
 
+_METADATA_PK = re.compile(r"[1-9][0-9]{0,17}")  # within int64, ASCII digits only
+
+
 def _metadata_id(metadata: Mapping[str, str], name: str) -> int | None:
     value = metadata.get(name)
-    return int(value) if value and str(value).isdigit() else None
+    return int(value) if isinstance(value, str) and _METADATA_PK.fullmatch(value) else None
 
 
 async def _apply_intent(session: AsyncSession, intent: IntentState, now: datetime) -> bool:
@@ -159,6 +252,8 @@ async def _apply_setup(session: AsyncSession, obj: Mapping[str, Any], now: datet
     """A card saved through a SetupIntent becomes the account's default method when it
     has none (an admin's explicit choice is never overwritten)."""
     customer, method = obj.get("customer"), obj.get("payment_method")
+    if isinstance(customer, Mapping):
+        customer = customer.get("id")
     if isinstance(method, Mapping):
         method = method.get("id")
     if not customer or not method:

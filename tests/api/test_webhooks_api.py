@@ -182,3 +182,76 @@ async def test_webhooks_are_refused_when_the_gateway_is_off(offline_api: Desk) -
     assert response.status_code == 400
     assert "off" in response.json()["error"]
     assert await offline_api.count(ProcessedWebhook) == 0
+
+
+def _malformed(event: dict[str, Any], change: str) -> dict[str, Any]:
+    """``event`` with one field broken the way ``change`` names."""
+    obj = dict(event["data"]["object"])
+    broken = {**event}
+    if change == "object as event id":
+        broken["id"] = {"$gt": ""}
+    elif change == "10 KB event id":
+        broken["id"] = "evt_" + "x" * 10_000
+    elif change == "event id with a NUL":
+        broken["id"] = "evt_\u0000"
+    elif change == "number as event type":
+        broken["type"] = 7
+    elif change == "missing status":
+        obj.pop("status")
+    elif change == "status as a list":
+        obj["status"] = ["succeeded"]
+    elif change == "object id as a number":
+        obj["id"] = 12
+    elif change == "amount as a string":
+        obj["amount_received"] = "9000"
+    elif change == "metadata as a list":
+        obj["metadata"] = ["deskbill_payment_id"]
+    elif change == "payment id beyond int64":
+        obj["metadata"] = {**obj.get("metadata", {}), "deskbill_payment_id": "9" * 30}
+        obj["id"] = "pi_unknown"
+    elif change == "error as a string":
+        obj["last_payment_error"] = "declined"
+    elif change == "no object":
+        broken["data"] = {"object": "pi_1"}
+    if change not in ("no object",):
+        broken["data"] = {**event["data"], "object": obj}
+    return broken
+
+
+MALFORMED = [
+    "object as event id", "10 KB event id", "event id with a NUL", "number as event type",
+    "missing status", "status as a list", "object id as a number", "amount as a string",
+    "metadata as a list", "error as a string", "no object",
+]  # fmt: skip
+
+
+async def test_signed_but_malformed_events_get_400_and_write_nothing(stripe_api: Desk) -> None:
+    desk = stripe_api
+    _, invoice_id, started = await _pay_now(desk)
+    intent = _intent_of(started)
+    desk.stripe.confirm_with_card(intent, "pm_card_visa")
+    desk.stripe.process()
+    (succeeded,) = [e for e in desk.stripe.events_for(intent) if e["type"].endswith(".succeeded")]
+    events_before = await desk.count(Event)
+
+    for change in MALFORMED:
+        body, header = desk.stripe.signed(_malformed(succeeded, change))
+        response = await _post(desk, body, header)
+        assert response.status_code == 400, (change, response.text)
+        assert response.json()["code"] == "INVALID_WEBHOOK", change
+        assert "malformed" in response.json()["error"], change
+
+    assert await desk.count(ProcessedWebhook) == 0
+    assert await desk.count(Event) == events_before
+    assert (await desk.read_invoice(invoice_id))["status"] == "PROCESSING"
+
+    # An unknown payment named beyond int64 is well-formed but not ours: 200, not applied.
+    body, header = desk.stripe.signed(
+        {**_malformed(succeeded, "payment id beyond int64"), "id": "evt_not_ours"}
+    )
+    response = await _post(desk, body, header)
+    assert response.json() == {"received": True, "duplicate": False, "applied": False}
+
+    body, header = desk.stripe.signed(succeeded)
+    assert (await _post(desk, body, header)).status_code == 200
+    assert (await desk.read_invoice(invoice_id))["status"] == "PAID"
