@@ -202,6 +202,20 @@ class OffGateway:
         raise InvalidWebhookError("Stripe webhooks are refused: card payments are off.")
 
 
+def _cause(exc: stripe.StripeError | None) -> str | None:
+    """Why the gateway did not answer, in our words: the library's own messages name
+    hosts, retries and internals that mean nothing to the person reading the error."""
+    if exc is None:
+        return None
+    if isinstance(exc, stripe.APIConnectionError):
+        return "The card gateway could not be reached (no connection, or it timed out)."
+    if isinstance(exc, stripe.RateLimitError):
+        return "The card gateway asked us to slow down."
+    if exc.http_status == 409:
+        return "The card gateway was busy with the same request."
+    return f"The card gateway answered with an error of its own (HTTP {exc.http_status})."
+
+
 def _is_transient(exc: stripe.StripeError) -> bool:
     """Errors after which the request may or may not have taken effect."""
     if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError):
@@ -257,7 +271,7 @@ class StripeGateway:
                 last = exc
         raise GatewayOutcomeUnknownError(
             "The card gateway did not answer; the attempt is kept and will be checked again.",
-            cause=str(last) if last else None,
+            cause=_cause(last),
         )
 
     async def create_customer(

@@ -734,12 +734,24 @@ async def ensure_customer(
             raise NotFoundError(f"No account {account_id} in this organization.")
     if account.stripe_customer_id:
         return account.stripe_customer_id
-    customer = await gateway.create_customer(
-        email=account.email,
-        name=account.name,
-        metadata={"deskbill_account_id": str(account.id), "deskbill_organization_id": str(org.id)},
-        idempotency_key=f"deskbill-customer-{account.id}",
-    )
+    try:
+        customer = await gateway.create_customer(
+            email=account.email,
+            name=account.name,
+            metadata={
+                "deskbill_account_id": str(account.id),
+                "deskbill_organization_id": str(org.id),
+            },
+            idempotency_key=f"deskbill-customer-{account.id}",
+        )
+    except GatewayOutcomeUnknownError as unknown:
+        # Nothing of ours exists yet (no payment row, no saved customer): the generic
+        # "the attempt is kept" would be untrue. A retry reuses the same customer key.
+        raise GatewayUnavailableError(
+            "The card gateway could not be reached, so nothing was charged and no payment "
+            "was started. Try again in a moment.",
+            **unknown.extensions,
+        ) from unknown
     async with sessionmaker() as session, session.begin():
         locked = await lock_account(session, org.id, account_id)
         if not locked.stripe_customer_id:

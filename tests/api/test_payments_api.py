@@ -531,3 +531,29 @@ async def test_gateway_off_refuses_card_payments_while_offline_ones_work(
         "amount": {"amount": "5.00"},
         "payment": {"refundedAmount": {"amount": "5.00"}},
     }
+
+
+async def test_pay_now_with_stripe_down_before_a_customer_exists_says_nothing_was_charged(
+    stripe_api: Desk,
+) -> None:
+    """The account has no Stripe customer yet and Stripe answers every request with a
+    500: no payment row exists, so the error says nothing was charged and to try again
+    (not that an attempt is kept), and its cause is in our words, not the library's."""
+    desk = stripe_api
+    member, account = await desk.member("Nadia")
+    invoice_id = await desk.invoice(account, "30.00")
+    desk.stripe.set_faults(rate_500=1.0, phase="before")
+
+    error = await desk.refused(PAY, {"id": invoice_id}, who=member)
+    assert error["extensions"]["code"] == "GATEWAY_UNAVAILABLE"
+    assert "nothing was charged" in error["message"] and "Try again" in error["message"]
+    assert "kept" not in error["message"]
+    cause = error["extensions"]["cause"]
+    assert cause == "The card gateway answered with an error of its own (HTTP 500)."
+    assert await desk.count(Payment) == 0
+    assert (await desk.read_invoice(invoice_id))["status"] == "DUE"
+
+    # Once Stripe answers again the same call works.
+    desk.stripe.set_faults()
+    paid = (await desk.ok(PAY, {"id": invoice_id}, who=member))["payInvoice"]
+    assert paid["invoice"]["status"] == "PROCESSING"
