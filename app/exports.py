@@ -1,9 +1,11 @@
 """CSV exports for BI tools (SPEC §11.3): invoices, invoice items and payments.
 
 ``GET /exports/invoices.csv?filter={"status": ["DUE"]}`` takes the same filter as
-the GraphQL list (as JSON, GraphQL field names), the same bearer token and the same
-scoping, and streams rows straight from a server-side cursor, so an export of a
-million lines holds one batch in memory at a time.
+the GraphQL list (as JSON, GraphQL field names such as ``accountId``, the same strict
+scalars and limits), the same bearer token and the same scoping, and streams rows
+straight from a server-side cursor, so an export of a million lines holds one batch
+in memory at a time. A bad filter is a coded JSON 400 before the first byte; an error
+after the first rows aborts the connection, so the download fails visibly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import types
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -19,11 +22,14 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+import strawberry
+from graphql import GraphQLError
 from sqlalchemy import Select, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from strawberry.types.base import get_object_definition
+from strawberry.utils.str_converters import to_camel_case
 
 from app.auth import TokenError, authenticate, bearer_token
 from app.state import AppState
@@ -31,23 +37,40 @@ from models import Account, Invoice, LineItem, Payment
 from resolvers import query
 from resolvers.context import Viewer
 from schema import filters as f
+from schema import limits, scalars
 from services import money
 from services.errors import DomainError, ValidationError
 
 BATCH = 1000
+log = logging.getLogger("deskbill.exports")
 
 
 def to_input(cls: type, raw: Any, path: str = "filter") -> Any:
-    """Build a Strawberry input object from JSON shaped like its GraphQL input."""
+    """Build a Strawberry input object from JSON shaped like its GraphQL input: the
+    graph's field names (``accountId``), its scalars' strict rules and its limits."""
+    built = _to_input(cls, raw, path)
+    try:
+        limits.check_value(built, path, path)
+    except GraphQLError as refused:
+        raise ValidationError(refused.message) from None
+    return built
+
+
+def _to_input(cls: type, raw: Any, path: str) -> Any:
     if raw is None:
         return None
     definition = get_object_definition(cls, strict=True)
     if not isinstance(raw, dict):
-        raise ValidationError(f"{path} must be a JSON object.")
-    by_name = {field.graphql_name or field.python_name: field for field in definition.fields}
+        raise ValidationError(f"`{path}` must be a JSON object.")
+    by_name = {
+        field.graphql_name or to_camel_case(field.python_name): field for field in definition.fields
+    }
     unknown = set(raw) - set(by_name)
     if unknown:
-        raise ValidationError(f"{path} has no field {sorted(unknown)[0]!r}.")
+        known = ", ".join(sorted(by_name))
+        raise ValidationError(
+            f"`{path}` has no field {sorted(unknown)[0]!r}; its fields are {known}."
+        )
     hints = typing.get_type_hints(cls, globalns=vars(f))
     values = {
         by_name[name].python_name: _convert(
@@ -56,6 +79,15 @@ def to_input(cls: type, raw: Any, path: str = "filter") -> Any:
         for name, value in raw.items()
     }
     return cls(**values)
+
+
+# The GraphQL scalars' own parsers, so an export accepts exactly what the graph does.
+_SCALARS: dict[object, Callable[[object], object]] = {
+    Decimal: scalars.parse_decimal,
+    date: scalars.parse_date,
+    datetime: scalars.parse_instant,
+}
+_INT32 = range(-(2**31), 2**31)
 
 
 def _convert(hint: Any, value: Any, path: str) -> Any:
@@ -67,25 +99,39 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         return _convert(inner, value, path)
     if origin is list:
         if not isinstance(value, list):
-            raise ValidationError(f"{path} must be a list.")
+            raise ValidationError(f"`{path}` must be a list.")
         (inner,) = typing.get_args(hint)
-        return [_convert(inner, item, path) for item in value]
-    try:
-        if isinstance(hint, type) and issubclass(hint, Enum):
-            return hint(value)
-        if hint is date:
-            return date.fromisoformat(value)
-        if hint is datetime:
-            return datetime.fromisoformat(value)
-        if hint is Decimal:
-            return Decimal(str(value))
-        if hint in (bool, int, str):
-            if not isinstance(value, hint):
-                raise TypeError
-            return value
-    except (TypeError, ValueError, ArithmeticError):
-        raise ValidationError(f"{path} has an invalid value {value!r}.") from None
-    return to_input(hint, value, path)
+        return [_convert(inner, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    invalid = ValidationError(f"`{path}` has an invalid value {_shown(value)}.")
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        if not isinstance(value, str) or value not in hint.__members__:
+            raise invalid
+        return hint[value]
+    if hint in _SCALARS:
+        try:
+            return _SCALARS[hint](value)
+        except GraphQLError as refused:
+            raise ValidationError(f"`{path}`: {refused.message}") from None
+    if hint in (str, strawberry.ID):
+        if not isinstance(value, str):
+            raise invalid
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise invalid
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value not in _INT32:
+            raise invalid
+        return value
+    if get_object_definition(hint) is None:
+        raise invalid
+    return _to_input(hint, value, path)
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "…"
 
 
 def _cells(values: Iterable[object]) -> str:
@@ -188,10 +234,17 @@ def export_routes(state: AppState) -> list[BaseRoute]:
 
         async def rows() -> AsyncIterator[str]:
             yield _cells(header)
-            async with state.read_sessionmaker() as session:
-                result = await session.stream(stmt.execution_options(yield_per=BATCH))
-                async for row in result:
-                    yield _cells(to_row(row, who.currency))
+            try:
+                async with state.read_sessionmaker() as session:
+                    result = await session.stream(stmt.execution_options(yield_per=BATCH))
+                    async for row in result:
+                        yield _cells(to_row(row, who.currency))
+            except Exception:
+                # The status line is long gone: the only honest signal left is to cut
+                # the connection before the terminating chunk, so the client's read
+                # fails instead of ending on a file that looks complete.
+                log.exception("export %s failed after its first rows; aborting it", kind)
+                raise
 
         return StreamingResponse(
             rows(),

@@ -86,3 +86,10 @@ def test_allocate_parts_always_sum_to_the_whole(total: int, weights: list[int]) 
     for part, weight in zip(parts, weights, strict=True):
         exact = Decimal(total) * weight / sum(weights)
         assert abs(Decimal(part) - exact) < 1
+
+
+def test_tax_rate_percent_is_exact_decimal_text() -> None:
+    # normalize() alone would print 20 % as "2E+1" in exports and the graph.
+    assert [str(money.tax_rate_percent(ppm)) for ppm in (200_000, 5_000, 82_500, 0, 1_000_000)] == [
+        "20", "0.5", "8.25", "0", "100",
+    ]  # fmt: skip
