@@ -60,6 +60,10 @@ def validate_currency(code: str) -> str:
     return clean
 
 
+# The only text accepted as an amount; schema/scalars.py holds the API to the same.
+DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
 def exponent(currency: str) -> int:
     return _EXPONENTS.get(currency.upper(), 2)
 
@@ -70,8 +74,16 @@ def parse(value: str | int | Decimal, currency: str, *, field: str = "amount") -
     ``"12.5"`` USD → 1250; ``"12.345"`` USD is refused (too many decimals), as are
     non-finite values and anything beyond 10^12 major units.
     """
+    if isinstance(value, str) and not DECIMAL_TEXT.fullmatch(value):
+        # Python's Decimal would also take " 5 ", "+3", "1_000", "٣" and "1e-2".
+        if value.strip().lower().lstrip("+-") in ("nan", "snan", "inf", "infinity"):
+            raise ValidationError(f"{field} must be a finite decimal number.")
+        raise ValidationError(
+            f"{field} must be a decimal number such as 12.50: ASCII digits, an optional "
+            "leading minus and decimal point, nothing else."
+        )
     try:
-        number = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+        number = value if isinstance(value, Decimal) else Decimal(value)
     except (InvalidOperation, ValueError):
         raise ValidationError(f"{field} must be a decimal number such as 12.50.") from None
     if not number.is_finite():
