@@ -26,7 +26,7 @@ from app.settings import Settings
 from resolvers.mutation import Mutation
 from resolvers.query import Query
 from resolvers.subscription import Subscription
-from schema.limits import guard
+from schema.limits import guard, name_refused_field
 from schema.scalars import SCALAR_OVERRIDES
 from services.errors import DomainError, ValidationError
 
@@ -82,10 +82,13 @@ class CodedErrors(SchemaExtension):
             _code(raised)
             raise
         result = self.execution_context.result
+        document = self.execution_context.graphql_document
         for error in getattr(result, "errors", None) or ():
             _code(error)
+            name_refused_field(error, document)
         for error in self.execution_context.pre_execution_errors or ():
             _code(error)
+            name_refused_field(error, document)
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
         """Each message of a subscription, coded and masked before it is sent."""

@@ -12,9 +12,20 @@ naming the field; it happens before the resolver runs, so nothing is written.
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import UTC, date, datetime
 from typing import Any
 
+from graphql import (
+    BREAK,
+    ArgumentNode,
+    DocumentNode,
+    GraphQLError,
+    Node,
+    ObjectFieldNode,
+    Visitor,
+    visit,
+)
 from strawberry.extensions import FieldExtension
 from strawberry.types.base import get_object_definition
 from strawberry.utils.str_converters import to_camel_case
@@ -135,3 +146,57 @@ def guard(*roots: type) -> None:
         for field in definition.fields:
             if field.arguments and not any(isinstance(e, InputLimits) for e in field.extensions):
                 field.extensions.append(InputLimits())
+
+
+# "Variable '$input' has invalid value at .lines[0].amount: …" (graphql-core's words).
+_VARIABLE_ERROR = re.compile(r"Variable '\$(\w+)' has invalid value(?: at ([^:]+))?: ")
+
+
+class _FieldPath(Visitor):
+    """The argument and input-field names down to one literal of the document."""
+
+    def __init__(self, target: Node) -> None:
+        super().__init__()
+        self.target = target
+        self.names: list[str] = []
+        self.found: str | None = None
+
+    def enter_argument(self, node: ArgumentNode, *_: object) -> None:
+        self.names.append(node.name.value)
+
+    def leave_argument(self, node: ArgumentNode, *_: object) -> None:
+        self.names.pop()
+
+    def enter_object_field(self, node: ObjectFieldNode, *_: object) -> None:
+        self.names.append(node.name.value)
+
+    def leave_object_field(self, node: ObjectFieldNode, *_: object) -> None:
+        self.names.pop()
+
+    def enter(self, node: Node, *_: object) -> object:
+        if node is self.target:
+            self.found = ".".join(self.names)
+            return BREAK
+        return None
+
+
+def name_refused_field(error: GraphQLError, document: DocumentNode | None) -> None:
+    """Give a scalar's refusal the field it concerns, in ``extensions.field`` (and, for
+    a literal in the document, at the head of the message, which otherwise only points
+    at a line and column)."""
+    extensions = error.extensions or {}
+    if extensions.get("code") != "VALIDATION" or "field" in extensions:
+        return
+    variable = _VARIABLE_ERROR.match(error.message)
+    if variable is not None:
+        field = variable.group(1) + (variable.group(2) or "")
+        error.extensions = {**extensions, "field": field}
+        return
+    if document is None or not error.nodes:
+        return
+    finder = _FieldPath(error.nodes[0])
+    visit(document, finder)
+    if finder.found:
+        error.extensions = {**extensions, "field": finder.found}
+        error.message = f"`{finder.found}`: {error.message}"
+        error.args = (error.message,)

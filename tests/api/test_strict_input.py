@@ -179,7 +179,22 @@ CASES = [
         "runBilling at year 9999",
         'mutation { runBilling(asOf: "9999-12-31T00:00:00Z") { accountsProcessed } }',
         {},
-        "9999-12-31",
+        "`asOf`",
+    ),
+    # Literals in the document are named by their path, like variables.
+    Case(
+        "literal JSON number as money",
+        "mutation($id: ID!) { recordPayment(input: {invoiceId: $id, amount: 0.1, method: CASH})"
+        " { id } }",
+        {"id": "{due}"},
+        "`input.amount`",
+    ),
+    Case(
+        "literal date in another shape",
+        "mutation($a: ID!) { subscribeToPlan(input: {accountId: $a, planTemplateId: "
+        '"UGxhblRlbXBsYXRlOjE", startDate: "2026/09/01"}) { id } }',
+        {"a": "{alice}"},
+        "`input.startDate`",
     ),
     Case(
         "date filter outside the window",
@@ -302,3 +317,28 @@ async def test_good_input_still_passes(api: Api, world: World) -> None:
     )
     assert body.get("errors") is None, body
     assert len(body["data"]["invoices"]["nodes"]) > 0
+
+
+async def test_refusals_at_the_edge_carry_the_field_in_extensions(api: Api, world: World) -> None:
+    ids = {
+        "due": encode("Invoice", world.ids["due"]),
+        "alice": encode("Account", world.ids["alice_account"]),
+    }
+    token = world.tokens["admin"]
+    literal = (
+        "mutation($id: ID!) { recordPayment(input: {invoiceId: $id, amount: 0.1, method: CASH})"
+        " { id } }"
+    )
+    for query, variables, field in (
+        (RECORD, record(" 5 "), "input.amount"),
+        (literal, {"id": "{due}"}, "input.amount"),
+        (CHARGE, charge(description="x" * 501), "input.description"),
+        (
+            INVOICES,
+            {"f": {"dueDate": {"from": "2026-09-01", "to": "2026-08-01"}}},
+            "filter.dueDate.to",
+        ),
+    ):
+        body = await api.gql(query, _fill(variables, ids), token=token)
+        extensions = body["errors"][0]["extensions"]
+        assert extensions == {"code": "VALIDATION", "field": field}, body
