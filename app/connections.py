@@ -78,10 +78,10 @@ def credential(payload: Mapping[str, object], upgrade_headers: Mapping[str, str]
         raw = _named(headers, "authorization")
     if raw is None:
         raw = upgrade_headers.get("authorization")
-    if raw is None:
+    if not isinstance(raw, str | None):
+        raise TokenError('The token must be a string: {"authorization": "Bearer <token>"}.')
+    if raw is None or not raw.strip():
         raise TokenError(MISSING)
-    if not isinstance(raw, str) or not raw.strip():
-        raise TokenError("The token must be a string: " + MISSING)
     raw = raw.strip()
     if " " in raw:
         token = bearer_token(raw)  # "Bearer <token>"; refuses any other scheme
