@@ -43,6 +43,8 @@ log = logging.getLogger("deskbill.connections")
 # graphql-transport-ws close codes (the protocol's own, also used by graphql-ws clients).
 CREDENTIAL_INVALID = 4401  # expired, revoked or no longer valid: get a new token
 NOT_ALLOWED = 4403  # refused at connection_init, or the user may no longer act
+TRY_AGAIN = 1013  # WebSocket "Try Again Later": the token could not be checked just now
+TRY_AGAIN_REASON = "The server could not check your token just now; connect again in a moment."
 
 MISSING = (
     'Send your token in connection_init as {"authorization": "Bearer <token>"} '
@@ -143,6 +145,12 @@ class LiveConnection(BaseGraphQLTransportWSHandler[RequestContext, None]):
             await self.app_view._authenticate(self.context, token)
         except TokenError as refused:
             await self.websocket.close(NOT_ALLOWED, close_reason(str(refused)))
+            return
+        except Exception:
+            # The database is out of reach or busy: say so, with the standard code that
+            # tells clients (graphql-ws among them) to retry, rather than drop the socket.
+            log.warning("checking a websocket's token failed", exc_info=True)
+            await self.websocket.close(TRY_AGAIN, TRY_AGAIN_REASON)
             return
         self.token, self.expires_at = token, expiry(token)
         await self.send_message({"type": "connection_ack"})

@@ -6,7 +6,8 @@ header case, Apollo's ``connectionParams.headers``, the upgrade request's header
 refusal closes with a reason a person can act on. While the connection is open the
 server re-checks the token every few seconds and at its expiry: a member removed from
 a team or a demoted admin stops hearing what is no longer theirs, a deactivated user
-is closed with 4403 and an expired token with 4401.
+is closed with 4403 and an expired token with 4401. A database out of reach closes a
+new connection with 1013 (try again later) and leaves open ones as they are.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
+import pytest
 import websockets
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.asgi import create_app
+from app.database import create_engine, create_sessionmaker
 from models import TeamMembership, User
 from services.clock import SystemClock
 from tests.api import conftest as api_fixtures
 from tests.api.conftest import Api, serve
-from tests.e2e import GUARD, PROTOCOL, GraphQLWS
+from tests.e2e import GUARD, PROTOCOL, GraphQLWS, free_port
 from tests.e2e.test_subscriptions import gid, listening, record_payment_as_admin
 from tests.world import NOW, World, build_world
 
@@ -201,3 +204,54 @@ async def test_a_token_expiring_while_subscribed_closes_with_4401_at_its_expiry(
         assert time.time() >= claims["exp"]
         assert closed.code == 4401
         assert "expired" in closed.reason
+
+
+@pytest.fixture
+async def unreachable_database() -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on a PostgreSQL port where nothing listens: every connect is refused."""
+    dead = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    yield create_sessionmaker(dead)
+    await dead.dispose()
+
+
+async def test_a_token_that_cannot_be_checked_just_now_closes_with_try_again(
+    api: Api,
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+    unreachable_database: async_sessionmaker[AsyncSession],
+) -> None:
+    monkeypatch.setattr(api.state, "read_sessionmaker", unreachable_database)
+    async with raw_socket(api.url) as client:
+        await client._send(
+            {
+                "type": "connection_init",
+                "payload": {"authorization": f"Bearer {world.tokens['alice']}"},
+            }
+        )
+        closed = await client.closed()
+    assert closed.code == 1013  # WebSocket "Try Again Later": clients reconnect
+    assert "connect again" in closed.reason
+    monkeypatch.undo()
+    async with GraphQLWS.connect(api.url, world.tokens["alice"]) as alice:
+        assert await who_is_connected(alice) == "alice@harbour.test"
+
+
+async def test_a_re_check_that_cannot_reach_the_database_keeps_the_connection(
+    api: Api,
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    unreachable_database: async_sessionmaker[AsyncSession],
+) -> None:
+    async with GraphQLWS.connect(api.url, world.tokens["alice"]) as alice:
+        operation = await alice.subscribe(PAYMENTS)
+        await listening(api, world, 1)
+        monkeypatch.setattr(api.state, "read_sessionmaker", unreachable_database)
+        async with asyncio.timeout(GUARD):
+            while "re-checking a websocket's access failed" not in caplog.text:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        monkeypatch.undo()
+        # Still open, still delivering.
+        paid = await record_payment_as_admin(api, world, "due", "0.01")
+        (data,) = await alice.results(operation, 1)
+        assert data["events"]["paymentId"] == paid
