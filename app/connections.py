@@ -16,8 +16,8 @@ refused token closes with 4403 and the reason in words (strawberry says only
 authentication on the same token every ``ws_recheck_seconds`` and at the token's
 expiry, replacing the connection's viewer with what the database says now; so a team
 removal or demotion narrows what subscriptions deliver (they check the current viewer
-before each message), and an expired or revoked credential (4401) or a user who may no
-longer sign in (4403) closes the socket with the reason.
+before each message), and an expired or otherwise invalid token (4401), or a user who
+may no longer sign in or a revoked API key (4403), closes the socket with the reason.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol, cast
 
-import jwt
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
@@ -41,8 +40,8 @@ from resolvers.context import RequestContext
 log = logging.getLogger("deskbill.connections")
 
 # graphql-transport-ws close codes (the protocol's own, also used by graphql-ws clients).
-CREDENTIAL_INVALID = 4401  # expired, revoked or no longer valid: get a new token
-NOT_ALLOWED = 4403  # refused at connection_init, or the user may no longer act
+CREDENTIAL_INVALID = 4401  # expired or no longer valid: get a new token
+NOT_ALLOWED = 4403  # refused at connection_init; user deactivated; API key revoked
 TRY_AGAIN = 1013  # WebSocket "Try Again Later": the token could not be checked just now
 TRY_AGAIN_REASON = "The server could not check your token just now; connect again in a moment."
 
@@ -92,20 +91,6 @@ def credential(payload: Mapping[str, object], upgrade_headers: Mapping[str, str]
     return raw  # a bare token, as {"token": …} carries it
 
 
-def expiry(token: str) -> float | None:
-    """When a JWT says it expires (seconds since the epoch), to re-check at that moment.
-
-    Read without verifying: it only schedules the next check, and the check itself is
-    the application's full authentication. Other credentials (API keys) have none.
-    """
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        return None
-    exp = claims.get("exp")
-    return float(exp) if isinstance(exp, int | float) else None
-
-
 def close_reason(text: str) -> str:
     encoded = text.encode()
     if len(encoded) <= _REASON_BYTES:
@@ -117,7 +102,6 @@ class LiveConnection(BaseGraphQLTransportWSHandler[RequestContext, None]):
     """graphql-transport-ws whose access is checked at the door and while it is open."""
 
     token: str | None = None
-    expires_at: float | None = None
     _watch: asyncio.Task[None] | None = None
 
     @property
@@ -152,7 +136,7 @@ class LiveConnection(BaseGraphQLTransportWSHandler[RequestContext, None]):
             log.warning("checking a websocket's token failed", exc_info=True)
             await self.websocket.close(TRY_AGAIN, TRY_AGAIN_REASON)
             return
-        self.token, self.expires_at = token, expiry(token)
+        self.token = token
         await self.send_message({"type": "connection_ack"})
         self.connection_acknowledged = True
         self._watch = asyncio.create_task(self.keep_access_current())
@@ -168,8 +152,10 @@ class LiveConnection(BaseGraphQLTransportWSHandler[RequestContext, None]):
     def _next_check(self) -> float:
         state = self.app_view.state
         delay = state.settings.ws_recheck_seconds
-        if self.expires_at is not None:
-            left = self.expires_at - state.clock.now().timestamp()
+        # The viewer of the last check says when its credential expires (None: a key).
+        viewer = self.context.viewer
+        if viewer is not None and viewer.expires_at is not None:
+            left = (viewer.expires_at - state.clock.now()).total_seconds()
             if left > 0:
                 delay = min(delay, left)
         return delay
