@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -132,8 +132,9 @@ async def authenticate(
         if oidc_org is None:
             raise TokenError("Sign-in is set up for an organization that does not exist here.")
         value = str(claims[settings.oidc_claim])
+        # Stored e-mails are lower-cased (services.accounts), so the index serves this.
         match = (
-            func.lower(User.email) == value.strip().lower()
+            User.email == value.strip().lower()
             if settings.oidc_claim == "email"
             else User.external_subject == value
         )
