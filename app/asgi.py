@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -36,6 +36,7 @@ from app.persisted import PersistedQueries, PersistedQueryMiddleware
 from app.routes import extra_routes
 from app.settings import Settings
 from app.state import AppState, build_state
+from resolvers.compiled import EncodedData
 from resolvers.context import RequestContext
 from services.clock import Clock
 
@@ -74,9 +75,8 @@ class DeskbillGraphQL(GraphQL[RequestContext, None]):
         if isinstance(request, WebSocket):
             return context  # authenticated by connection_init (app.connections)
         try:
-            token = bearer_token(request.headers.get("authorization"))
-            if token is not None:
-                await self._authenticate(context, token)
+            # Read in execute_operation, on the request's one connection.
+            context.token = bearer_token(request.headers.get("authorization"))
         except TokenError as refused:
             context.auth_error = str(refused)
         return context
@@ -84,11 +84,54 @@ class DeskbillGraphQL(GraphQL[RequestContext, None]):
     async def render_graphql_ide(self, request: Request) -> Response:
         return graphiql_page()  # vendored assets, never a CDN
 
-    async def _authenticate(self, context: RequestContext, token: str) -> None:
-        async with self.state.read_sessionmaker() as session:
-            context.viewer = await authenticate(
-                session, self.state.settings, token, self.state.clock.now()
-            )
+    async def execute_operation(  # type: ignore[override]
+        self, *args: Any, **kwargs: Any
+    ) -> Any:
+        """One read connection per request: the token's user is read on it, and a
+        compiled read (resolvers/compiled) answers on it; the ordinary resolvers
+        release it at once and use their own sessions."""
+        context: RequestContext = kwargs["context"]
+        if context.token is None:
+            return await super().execute_operation(*args, **kwargs)
+        async with _read_connection(self.state.read_engine) as connection:
+            context.connection = connection
+            try:
+                await self._authenticate(context, context.token, connection)
+            except TokenError as refused:
+                context.auth_error = str(refused)
+                await context.release_connection()
+            if not self.state.settings.compiled_reads:
+                await context.release_connection()
+            try:
+                return await super().execute_operation(*args, **kwargs)
+            finally:
+                context.connection = None
+
+    def encode_json(self, data: object) -> str | bytes:
+        # A compiled read's result is the response body, already encoded.
+        if isinstance(data, dict) and len(data) == 1 and isinstance(data["data"], EncodedData):
+            return data["data"].encoded
+        return super().encode_json(data)
+
+    async def _authenticate(
+        self, context: RequestContext, token: str, connection: AsyncConnection | None = None
+    ) -> None:
+        now = self.state.clock.now()
+        if connection is None:
+            async with self.state.read_sessionmaker() as session:
+                context.viewer = await authenticate(session, self.state.settings, token, now)
+        else:
+            async with AsyncSession(bind=connection) as session:
+                context.viewer = await authenticate(session, self.state.settings, token, now)
+
+
+@asynccontextmanager
+async def _read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            # Each read is one statement: no BEGIN/ROLLBACK round trips around it.
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
 
 
 def cors_middleware(settings: Settings) -> list[Middleware]:

@@ -23,6 +23,7 @@ from strawberry.extensions import (
 from app.database import busy_reason
 from app.metrics import OperationMetrics
 from app.settings import Settings
+from resolvers.compiled import CompiledReads
 from resolvers.mutation import Mutation
 from resolvers.query import Query
 from resolvers.subscription import Subscription
@@ -106,20 +107,24 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
     ]
+    extensions: list[Any] = [
+        # Outermost, so it sees each error after CodedErrors has given it its code.
+        OperationMetrics,
+        CodedErrors,
+        lambda: AddValidationRules(limits),
+        lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
+        # Bounded caches: parse and validate each distinct document once.
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
+    ]
+    if settings.compiled_reads:
+        # Last: it answers at execution, after every check above has run.
+        extensions.append(CompiledReads)
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         # Money, dates and instants parse strictly (schema/scalars.py).
         scalar_overrides=SCALAR_OVERRIDES,
-        extensions=[
-            # Outermost, so it sees each error after CodedErrors has given it its code.
-            OperationMetrics,
-            CodedErrors,
-            lambda: AddValidationRules(limits),
-            lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
-            # Bounded caches: parse and validate each distinct document once.
-            lambda: ParserCache(maxsize=256),
-            lambda: ValidationCache(maxsize=256),
-        ],
+        extensions=extensions,
     )

@@ -60,6 +60,8 @@ class Settings:
     max_query_tokens: int = 4000
     max_aliases: int = 30
     graphiql: bool = True
+    # Answer known read queries from one SQL statement each (resolvers/compiled).
+    compiled_reads: bool = True
     database_limits: DatabaseLimits = field(default_factory=DatabaseLimits)
     # The billing clock: periods a plan catches up per account per run, accounts
     # billed at once across organizations, and the time one account may take.
@@ -102,6 +104,7 @@ class Settings:
                 env.get("DESKBILL_WORKER_INTERVAL", cls.worker_interval_seconds)
             ),
             "graphiql": _bool(env.get("DESKBILL_GRAPHIQL"), cls.graphiql),
+            "compiled_reads": _bool(env.get("DESKBILL_COMPILED_READS"), cls.compiled_reads),
             "database_limits": _database_limits(env),
             "billing_max_periods": int(env.get("DESKBILL_BILLING_MAX_PERIODS") or 12),
             "billing_concurrency": int(env.get("DESKBILL_BILLING_CONCURRENCY") or 4),

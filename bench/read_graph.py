@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import dataclasses
 import io
 import json
 import os
@@ -101,7 +102,8 @@ Sessions = async_sessionmaker[AsyncSession]
 
 
 VARIANTS = {
-    "on": "app.graphql.build_schema as is",
+    "on": "app.graphql.build_schema as is (compiled reads on)",
+    "plain": "as is, but compiled reads off: every field through the Strawberry resolvers",
     "off": "without ParserCache and ValidationCache",
     "hoisted": "as is, but the limiters' validation rules built once (cache hits)",
 }
@@ -142,8 +144,10 @@ def variant_schema(settings: Settings, variant: str) -> strawberry.Schema:
 
 
 def bench_app(settings: Settings, *, variant: str, engine: AsyncEngine | None = None) -> Starlette:
+    if variant == "plain":
+        settings = dataclasses.replace(settings, compiled_reads=False)
     app = create_app(settings, engine=engine, start_worker=False)
-    if variant != "on":
+    if variant not in ("on", "plain"):
         schema = variant_schema(settings, variant)
         for route in app.routes:
             endpoint = getattr(route, "endpoint", None)

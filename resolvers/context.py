@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from models import Event
 from resolvers.loaders import Loaders
@@ -40,7 +40,18 @@ class RequestContext:
     request: Any = None
     response: Any = None
     connection_params: dict[str, Any] | None = None
+    # The bearer token of an HTTP request, until app/asgi.py has read its user on
+    # the request's connection and set ``viewer``.
+    token: str | None = None
+    # The request's one read connection: authentication and a compiled read share
+    # it; released as soon as the ordinary resolvers take over.
+    connection: AsyncConnection | None = None
     _loaders: Loaders | None = None
+
+    async def release_connection(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await connection.close()
 
     @property
     def loaders(self) -> Loaders:

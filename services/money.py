@@ -21,6 +21,10 @@ _EXPONENTS = {
     "TND": 3, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
 }  # fmt: skip
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "AUD": "A$", "CAD": "CA$"}
+# Read-only views for code that renders amounts elsewhere (the compiled read path's
+# SQL), so the rules stay written once.
+EXPONENTS: dict[str, int] = _EXPONENTS
+SYMBOLS: dict[str, str] = _SYMBOLS
 
 # SPEC §2.2: an amount beyond 10^12 major units is refused.
 MAX_MAJOR_UNITS = 10**12

@@ -1,0 +1,222 @@
+"""The root fields the compiled path answers, each as one statement: the row (or the
+keyset page) chosen exactly as the Strawberry resolver chooses it, with its filters
+and the viewer's tenant and account scope, and the selection built as JSON on top.
+
+A list's ``totalCount`` is a subselect of the same statement, outer-joined so an
+empty page still carries it; cursors are the only Python work per row, and only when
+asked for (``encode_cursor``, the very function the Strawberry path uses).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, String, func, literal_column, select, true
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from models import DocumentType, Invoice, Payment
+from resolvers.compiled.plan import Node
+from resolvers.compiled.sql import Dialect
+from resolvers.pagination import Ordering, encode_cursor, page_size, page_statement
+from resolvers.permissions import account_scope, pk_of
+from resolvers.query import (
+    credit_notes_statement,
+    invoice_sort_key,
+    invoices_statement,
+    payments_statement,
+)
+from resolvers.viewer import Viewer
+from schema import filters as f
+from schema.enums import SortDirection
+
+Args = dict[str, Any]
+
+
+# -- which rows -------------------------------------------------------------------------
+
+
+def _invoice_row(who: Viewer, args: Args) -> Select[Any]:
+    pk = pk_of(args["id"], "Invoice", "CreditNote")
+    return select(Invoice).where(
+        Invoice.id == pk,
+        Invoice.organization_id == who.organization_id,
+        account_scope(who, Invoice.account_id),
+    )
+
+
+def _credit_note_row(who: Viewer, args: Args) -> Select[Any]:
+    pk = pk_of(args["id"], "CreditNote", "Invoice")
+    return select(Invoice).where(
+        Invoice.id == pk,
+        Invoice.organization_id == who.organization_id,
+        Invoice.document_type == DocumentType.CREDIT_NOTE,
+        account_scope(who, Invoice.account_id),
+    )
+
+
+def _descending(sort: Any) -> bool:
+    return bool(sort.direction == SortDirection.DESC)
+
+
+def _invoices(who: Viewer, args: Args) -> tuple[Select[Any], Ordering]:
+    sort = args.get("sort") or f.InvoiceSort()
+    keys = (invoice_sort_key(sort.field.value), Invoice.id)
+    return invoices_statement(who, args.get("filter")), Ordering(keys, _descending(sort))
+
+
+def _credit_notes(who: Viewer, args: Args) -> tuple[Select[Any], Ordering]:
+    sort = args.get("sort") or f.CreditNoteSort()
+    keys = (invoice_sort_key(sort.field.value), Invoice.id)
+    return credit_notes_statement(who, args.get("filter")), Ordering(keys, _descending(sort))
+
+
+def _payments(who: Viewer, args: Args) -> tuple[Select[Any], Ordering]:
+    sort = args.get("sort") or f.PaymentSort()
+    keys = (getattr(Payment, sort.field.value), Payment.id)
+    return payments_statement(who, args.get("filter")), Ordering(keys, _descending(sort))
+
+
+@dataclass(frozen=True)
+class SingleRoot:
+    type_name: str
+    row: Callable[[Viewer, Args], Select[Any]]
+
+
+@dataclass(frozen=True)
+class ListRoot:
+    type_name: str
+    page: Callable[[Viewer, Args], tuple[Select[Any], Ordering]]
+
+
+ROOTS: dict[str, SingleRoot | ListRoot] = {
+    "invoice": SingleRoot("Invoice", _invoice_row),
+    "creditNote": SingleRoot("CreditNote", _credit_note_row),
+    "invoices": ListRoot("Invoice", _invoices),
+    "creditNotes": ListRoot("CreditNote", _credit_notes),
+    "payments": ListRoot("Payment", _payments),
+}
+
+
+# -- the shapes of a connection's selection ---------------------------------------------
+
+# A connection's response, in selection order: ("totalCount",), ("typename", name),
+# ("pageInfo", ((key, field), ...)), ("nodes", node index),
+# ("edges", ((key, "cursor" | "__typename:<name>" | "node:<index>"), ...)).
+ConnectionPart = tuple[str, Any]
+
+
+@dataclass
+class SingleAnswer:
+    node: Node
+
+    async def run(
+        self, root: SingleRoot, conn: AsyncConnection, who: Viewer, args: Args, sql: list[str]
+    ) -> str:
+        row = root.row(who, args).subquery("p")
+        stmt = select(literal_column(sql[0], String)).select_from(row)
+        value = (await conn.execute(stmt)).scalar()
+        return "null" if value is None else str(value)
+
+    def nodes(self) -> list[Node]:
+        return [self.node]
+
+
+@dataclass
+class ListAnswer:
+    parts: list[tuple[str, ConnectionPart]]
+    node_shapes: list[Node]
+    wants_total: bool
+    wants_cursors: bool
+
+    def nodes(self) -> list[Node]:
+        return self.node_shapes
+
+    async def run(
+        self, root: ListRoot, conn: AsyncConnection, who: Viewer, args: Args, sql: list[str]
+    ) -> str:
+        base, ordering = root.page(who, args)
+        limit = page_size(args.get("first"))
+        after = args.get("after")
+        page = page_statement(base, ordering, limit=limit, after=after).subquery("p")
+        width = len(ordering.keys)
+        keys = list(page.c)[-width:]
+        nodes = [literal_column(text, String).label(f"n{i}") for i, text in enumerate(sql)]
+        if self.wants_total:
+            counted = select(func.count().label("total")).select_from(
+                base.order_by(None).subquery()
+            )
+            count = counted.subquery("c")
+            stmt = select(count.c.total, *nodes, *keys).select_from(count.outerjoin(page, true()))
+        else:
+            stmt = select(literal_column("0").label("total"), *nodes, *keys).select_from(page)
+        direction = [k.desc() if ordering.descending else k.asc() for k in keys]
+        rows = (await conn.execute(stmt.order_by(*direction))).all()
+        total = int(rows[0][0]) if rows else 0
+        # The last key is the row's id: NULL only on the outer join's empty-page row.
+        rows = [r for r in rows if r[-1] is not None]
+        has_next = len(rows) > limit
+        rows = rows[:limit]
+        cursors = [encode_cursor(list(r[-width:])) for r in rows] if self.wants_cursors else []
+        return self._render(rows, cursors, total, has_next, after is not None)
+
+    def _render(
+        self, rows: list[Any], cursors: list[str], total: int, has_next: bool, has_previous: bool
+    ) -> str:
+        out: list[str] = []
+        for key, (kind, detail) in self.parts:
+            if kind == "totalCount":
+                value = str(total)
+            elif kind == "typename":
+                value = json.dumps(detail)
+            elif kind == "nodes":
+                value = "[" + ",".join(str(r[1 + detail]) for r in rows) + "]"
+            elif kind == "pageInfo":
+                value = _page_info(detail, cursors, has_next, has_previous)
+            else:
+                value = "[" + ",".join(_edge(detail, r, c) for r, c in _pairs(rows, cursors)) + "]"
+            out.append(json.dumps(key) + ":" + value)
+        return "{" + ",".join(out) + "}"
+
+
+def _pairs(rows: list[Any], cursors: list[str]) -> list[tuple[Any, str]]:
+    return list(zip(rows, cursors or [""] * len(rows), strict=True))
+
+
+def _edge(detail: tuple[tuple[str, str], ...], row: Any, cursor: str) -> str:
+    out = []
+    for key, name in detail:
+        if name == "cursor":
+            value = json.dumps(cursor)
+        elif name.startswith("__typename:"):
+            value = json.dumps(name.partition(":")[2])
+        else:
+            value = str(row[1 + int(name.partition(":")[2])])
+        out.append(json.dumps(key) + ":" + value)
+    return "{" + ",".join(out) + "}"
+
+
+def _page_info(
+    detail: tuple[tuple[str, str], ...], cursors: list[str], has_next: bool, has_previous: bool
+) -> str:
+    out = []
+    for key, name in detail:
+        value: object
+        if name == "hasNextPage":
+            value = has_next
+        elif name == "hasPreviousPage":
+            value = has_previous
+        elif name == "startCursor":
+            value = cursors[0] if cursors else None
+        elif name == "endCursor":
+            value = cursors[-1] if cursors else None
+        else:
+            value = "PageInfo"
+        out.append(json.dumps(key) + ":" + json.dumps(value))
+    return "{" + ",".join(out) + "}"
+
+
+def node_sql(answer: SingleAnswer | ListAnswer, dialect: Dialect, currency: str) -> list[str]:
+    return [dialect.text(node.sql(dialect, "p", currency)) for node in answer.nodes()]
