@@ -75,7 +75,7 @@ class Plan:
     def sql_for(self, dialect: str, currency: str) -> list[str]:
         cached = self.sql.get((dialect, currency))
         if cached is None:
-            cached = node_sql(self.answer, DIALECTS[dialect], currency)
+            cached = node_sql(self.answer, self.root.table, DIALECTS[dialect], currency)
             self.sql[(dialect, currency)] = cached
         return cached
 

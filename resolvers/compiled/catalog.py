@@ -28,6 +28,8 @@ class Leaf(Enum):
 class Column:
     leaf: Leaf
     sql: str
+    # For a GID: the type named in the id, when it is not the type being read.
+    id_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,10 @@ class ObjectType:
     fields: dict[str, Field]
 
 
-# A global id of the type being read (an invoice read as a CreditNote gets a
-# CreditNote id, as the mappers do).
+# A global id of the type being read; a document (draft, invoice or credit note)
+# keeps its Invoice id for life, as the mappers write it.
 _ID = Column(Leaf.GID, "{t}.id")
+_DOCUMENT_ID = Column(Leaf.GID, "{t}.id", id_type="Invoice")
 
 
 _T, _I, _B, _D, _S = Leaf.TEXT, Leaf.INT, Leaf.BOOL, Leaf.DATE, Leaf.INSTANT
@@ -83,6 +86,7 @@ _DOCUMENT: dict[str, Field] = {
     "total": Amount("{t}.total", "{t}.currency"),
     "origin": Column(_T, "{t}.origin"),
     "createdAt": Column(_S, "{t}.created_at"),
+    "updatedAt": Column(_S, "{t}.updated_at"),
     "finalizedAt": Column(_S, "{t}.finalized_at"),
     "voidedAt": Column(_S, "{t}.voided_at"),
     # The loader of accounts is scoped to the organization; the invoice's foreign
@@ -95,7 +99,7 @@ TYPES: dict[str, ObjectType] = {
     "Invoice": ObjectType(
         "invoices",
         {
-            "id": _ID,
+            "id": _DOCUMENT_ID,
             **_DOCUMENT,
             "status": Column(_T, "{t}.status"),
             "paidAt": Column(_S, "{t}.paid_at"),
@@ -115,7 +119,7 @@ TYPES: dict[str, ObjectType] = {
     "CreditNote": ObjectType(
         "invoices",
         {
-            "id": _ID,
+            "id": _DOCUMENT_ID,
             **_DOCUMENT,
             "status": Column(_T, "coalesce({t}.credit_note_status, 'AVAILABLE')"),
             "originalCredit": Amount("(-{t}.total)", "{t}.currency"),
@@ -170,6 +174,7 @@ TYPES: dict[str, ObjectType] = {
             "receivedOn": Column(_D, "{t}.received_on"),
             "gatewayPaymentIntentId": Column(_T, "{t}.gateway_payment_intent_id"),
             "createdAt": Column(_S, "{t}.created_at"),
+            "updatedAt": Column(_S, "{t}.updated_at"),
             "succeededAt": Column(_S, "{t}.succeeded_at"),
             "invoice": One("Invoice", "invoices", "{s}.id = {t}.invoice_id"),
             "account": One("Account", "accounts", "{s}.id = {t}.account_id"),

@@ -78,7 +78,8 @@ def _emit(node: Node, d: Dialect, alias: str, currency: str, aliases: Iterator[i
     pairs: list[tuple[str, str]] = []
     for key, part in node.parts:
         if isinstance(part, Column):
-            pairs.append((key, d.leaf(part.leaf, part.sql.format(t=alias), node.type_name)))
+            id_type = part.id_type or node.type_name
+            pairs.append((key, d.leaf(part.leaf, part.sql.format(t=alias), id_type)))
         elif isinstance(part, Typename):
             pairs.append((key, quote(part.name)))
         elif isinstance(part, MoneyPart):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, String, func, literal_column, select, true
+from sqlalchemy import Select, String, Table, func, literal_column, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models import DocumentType, Invoice, Payment
@@ -82,21 +82,26 @@ def _payments(who: Viewer, args: Args) -> tuple[Select[Any], Ordering]:
 @dataclass(frozen=True)
 class SingleRoot:
     type_name: str
+    table: Table
     row: Callable[[Viewer, Args], Select[Any]]
 
 
 @dataclass(frozen=True)
 class ListRoot:
     type_name: str
+    table: Table
     page: Callable[[Viewer, Args], tuple[Select[Any], Ordering]]
 
 
+_INVOICES: Table = Invoice.__table__  # type: ignore[assignment]
+_PAYMENTS: Table = Payment.__table__  # type: ignore[assignment]
+
 ROOTS: dict[str, SingleRoot | ListRoot] = {
-    "invoice": SingleRoot("Invoice", _invoice_row),
-    "creditNote": SingleRoot("CreditNote", _credit_note_row),
-    "invoices": ListRoot("Invoice", _invoices),
-    "creditNotes": ListRoot("CreditNote", _credit_notes),
-    "payments": ListRoot("Payment", _payments),
+    "invoice": SingleRoot("Invoice", _INVOICES, _invoice_row),
+    "creditNote": SingleRoot("CreditNote", _INVOICES, _credit_note_row),
+    "invoices": ListRoot("Invoice", _INVOICES, _invoices),
+    "creditNotes": ListRoot("CreditNote", _INVOICES, _credit_notes),
+    "payments": ListRoot("Payment", _PAYMENTS, _payments),
 }
 
 
@@ -115,8 +120,11 @@ class SingleAnswer:
     async def run(
         self, root: SingleRoot, conn: AsyncConnection, who: Viewer, args: Args, sql: list[str]
     ) -> str:
-        row = root.row(who, args).subquery("p")
-        stmt = select(literal_column(sql[0], String)).select_from(row)
+        # The row statement's own FROM (the root table, unaliased) is what the
+        # selection's SQL reads from.
+        where = root.row(who, args).whereclause
+        assert where is not None
+        stmt = select(literal_column(sql[0], String)).select_from(root.table).where(where)
         value = (await conn.execute(stmt)).scalar()
         return "null" if value is None else str(value)
 
@@ -140,23 +148,32 @@ class ListAnswer:
         base, ordering = root.page(who, args)
         limit = page_size(args.get("first"))
         after = args.get("after")
-        page = page_statement(base, ordering, limit=limit, after=after).subquery("p")
+        # The page is chosen on ids and sort keys only (a narrow subquery, read from
+        # the sort's index); the rows are joined back by primary key for the JSON.
+        pk = root.table.c.id
+        narrow = base.with_only_columns(pk.label("pk"))
+        page = page_statement(narrow, ordering, limit=limit, after=after).subquery("p")
         width = len(ordering.keys)
         keys = list(page.c)[-width:]
+        rows_from = page.join(root.table, root.table.c.id == page.c.pk)
         nodes = [literal_column(text, String).label(f"n{i}") for i, text in enumerate(sql)]
         if self.wants_total:
             counted = select(func.count().label("total")).select_from(
                 base.order_by(None).subquery()
             )
             count = counted.subquery("c")
-            stmt = select(count.c.total, *nodes, *keys).select_from(count.outerjoin(page, true()))
+            stmt = select(count.c.total, *nodes, page.c.pk, *keys).select_from(
+                count.outerjoin(rows_from, true())
+            )
         else:
-            stmt = select(literal_column("0").label("total"), *nodes, *keys).select_from(page)
+            stmt = select(literal_column("0").label("total"), *nodes, page.c.pk, *keys)
+            stmt = stmt.select_from(rows_from)
         direction = [k.desc() if ordering.descending else k.asc() for k in keys]
         rows = (await conn.execute(stmt.order_by(*direction))).all()
         total = int(rows[0][0]) if rows else 0
-        # The last key is the row's id: NULL only on the outer join's empty-page row.
-        rows = [r for r in rows if r[-1] is not None]
+        pk_at = 1 + len(nodes)
+        # The page's id is NULL only on the outer join's row of an empty page.
+        rows = [r for r in rows if r[pk_at] is not None]
         has_next = len(rows) > limit
         rows = rows[:limit]
         cursors = [encode_cursor(list(r[-width:])) for r in rows] if self.wants_cursors else []
@@ -218,5 +235,8 @@ def _page_info(
     return "{" + ",".join(out) + "}"
 
 
-def node_sql(answer: SingleAnswer | ListAnswer, dialect: Dialect, currency: str) -> list[str]:
-    return [dialect.text(node.sql(dialect, "p", currency)) for node in answer.nodes()]
+def node_sql(
+    answer: SingleAnswer | ListAnswer, table: Table, dialect: Dialect, currency: str
+) -> list[str]:
+    """The selection's SQL over the root table's row (named by the table itself)."""
+    return [dialect.text(node.sql(dialect, table.name, currency)) for node in answer.nodes()]

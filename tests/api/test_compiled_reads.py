@@ -171,8 +171,8 @@ async def test_refusals_are_the_same_coded_errors(api: Api, plain: Api, world: W
 
 SCALARS = {
     "Invoice": ["id", "number", "status", "documentType", "currency", "issueDate", "dueDate",
-                "periodStart", "periodEnd", "origin", "createdAt", "finalizedAt", "voidedAt",
-                "paidAt", "__typename"],
+                "periodStart", "periodEnd", "origin", "createdAt", "updatedAt", "finalizedAt",
+                "voidedAt", "paidAt", "__typename"],
     "CreditNote": ["id", "number", "status", "documentType", "currency", "issueDate",
                    "createdAt", "__typename"],
     "Account": ["id", "kind", "name", "email", "active", "autopay", "hasPaymentMethod",
@@ -180,7 +180,8 @@ SCALARS = {
     "LineItem": ["id", "kind", "description", "quantity", "periodStart", "periodEnd",
                  "createdAt", "__typename"],
     "Payment": ["id", "status", "type", "method", "attempt", "errorCode", "errorMessage", "note",
-                "receivedOn", "gatewayPaymentIntentId", "createdAt", "succeededAt", "__typename"],
+                "receivedOn", "gatewayPaymentIntentId", "createdAt", "updatedAt", "succeededAt",
+                "__typename"],
     "CreditAllocation": ["id", "kind", "createdAt", "removedAt", "active", "__typename"],
 }  # fmt: skip
 MONEY = {
