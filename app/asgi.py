@@ -109,7 +109,7 @@ class DeskbillGraphQL(GraphQL[RequestContext, None]):
 
     def encode_json(self, data: object) -> str | bytes:
         # A compiled read's result is the response body, already encoded.
-        if isinstance(data, dict) and len(data) == 1 and isinstance(data["data"], EncodedData):
+        if isinstance(data, dict) and len(data) == 1 and isinstance(data.get("data"), EncodedData):
             return data["data"].encoded
         return super().encode_json(data)
 
