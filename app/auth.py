@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import select
+from sqlalchemy import and_, select, union_all
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -150,22 +150,27 @@ async def authenticate(
 async def _person(
     session: AsyncSession, match: Any, organization_id: int, expires_at: datetime, refusal: str
 ) -> Viewer:
-    row = (
+    # One statement, members included: the user, the organization and, joined on,
+    # every account the user may see (their own and their teams'), one row each.
+    visible = union_all(
+        select(Account.user_id.label("user_id"), Account.id.label("account_id")),
+        select(TeamMembership.user_id, TeamMembership.team_account_id),
+    ).subquery()
+    rows = (
         await session.execute(
-            select(User, Organization)
+            select(User, Organization, visible.c.account_id)
             .join(Organization, Organization.id == User.organization_id)
+            .outerjoin(visible, and_(visible.c.user_id == User.id, User.role == Role.MEMBER))
             .where(match, User.organization_id == organization_id)
         )
-    ).first()
-    if row is None or not row[0].active:
+    ).all()
+    if not rows or not rows[0][0].active:
         raise NoLongerAllowed(refusal)
-    user, org = row
+    user, org = rows[0][0], rows[0][1]
     role = Role(user.role)
     account_ids: frozenset[int] | None = None
     if role == Role.MEMBER:
-        own = select(Account.id).where(Account.user_id == user.id)
-        teams = select(TeamMembership.team_account_id).where(TeamMembership.user_id == user.id)
-        account_ids = frozenset(await session.scalars(own.union(teams)))
+        account_ids = frozenset(r[2] for r in rows if r[2] is not None)
     return Viewer(
         user_id=user.id,
         organization_id=org.id,

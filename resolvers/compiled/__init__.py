@@ -26,6 +26,8 @@ from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql import GraphQLSchema, get_operation_ast
 from graphql.execution.collect_fields import FieldDetails
 from graphql.execution.values import get_argument_values, get_variable_values
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.extensions import SchemaExtension
 from strawberry.types.arguments import convert_arguments
@@ -232,6 +234,11 @@ class CompiledReads(SchemaExtension):
                 except DomainError:
                     # A bad id or page size: the resolver raises it again, coded.
                     encoded = None
+                except (DBAPIError, PoolTimeout):
+                    # The database is unwell or busy: answered as such (SERVICE_BUSY),
+                    # not retried down a path that needs more connections.
+                    await ctx.release_connection()
+                    raise
                 except Exception:
                     # Worth a look, but the ordinary path can still answer the read.
                     log.warning("compiled read fell back", exc_info=True)

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, String, Table, func, literal_column, select, true
+from sqlalchemy import Select, String, Table, bindparam, func, literal_column, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models import DocumentType, Invoice, Payment
 from resolvers.compiled.plan import Node
 from resolvers.compiled.sql import Dialect
 from resolvers.pagination import Ordering, encode_cursor, page_size, page_statement
-from resolvers.permissions import account_scope, pk_of
+from resolvers.permissions import pk_of
 from resolvers.query import (
     credit_notes_statement,
     invoice_sort_key,
@@ -36,25 +36,6 @@ Args = dict[str, Any]
 
 
 # -- which rows -------------------------------------------------------------------------
-
-
-def _invoice_row(who: Viewer, args: Args) -> Select[Any]:
-    pk = pk_of(args["id"], "Invoice", "CreditNote")
-    return select(Invoice).where(
-        Invoice.id == pk,
-        Invoice.organization_id == who.organization_id,
-        account_scope(who, Invoice.account_id),
-    )
-
-
-def _credit_note_row(who: Viewer, args: Args) -> Select[Any]:
-    pk = pk_of(args["id"], "CreditNote", "Invoice")
-    return select(Invoice).where(
-        Invoice.id == pk,
-        Invoice.organization_id == who.organization_id,
-        Invoice.document_type == DocumentType.CREDIT_NOTE,
-        account_scope(who, Invoice.account_id),
-    )
 
 
 def _descending(sort: Any) -> bool:
@@ -81,9 +62,22 @@ def _payments(who: Viewer, args: Args) -> tuple[Select[Any], Ordering]:
 
 @dataclass(frozen=True)
 class SingleRoot:
+    """One row by global id, as the resolver's loader finds it: in the viewer's
+    organization, among the accounts they may see, of a document type if given."""
+
     type_name: str
     table: Table
-    row: Callable[[Viewer, Args], Select[Any]]
+    id_types: tuple[str, ...]
+    document_type: str | None = None
+
+    def statement(self, sql: str, member: bool) -> Select[Any]:
+        t = self.table
+        where = [t.c.id == bindparam("pk"), t.c.organization_id == bindparam("org")]
+        if self.document_type is not None:
+            where.append(t.c.document_type == self.document_type)
+        if member:
+            where.append(t.c.account_id.in_(bindparam("accounts", expanding=True)))
+        return select(literal_column(sql, String)).select_from(t).where(*where)
 
 
 @dataclass(frozen=True)
@@ -97,8 +91,10 @@ _INVOICES: Table = Invoice.__table__  # type: ignore[assignment]
 _PAYMENTS: Table = Payment.__table__  # type: ignore[assignment]
 
 ROOTS: dict[str, SingleRoot | ListRoot] = {
-    "invoice": SingleRoot("Invoice", _INVOICES, _invoice_row),
-    "creditNote": SingleRoot("CreditNote", _INVOICES, _credit_note_row),
+    "invoice": SingleRoot("Invoice", _INVOICES, ("Invoice", "CreditNote")),
+    "creditNote": SingleRoot(
+        "CreditNote", _INVOICES, ("CreditNote", "Invoice"), DocumentType.CREDIT_NOTE
+    ),
     "invoices": ListRoot("Invoice", _INVOICES, _invoices),
     "creditNotes": ListRoot("CreditNote", _INVOICES, _credit_notes),
     "payments": ListRoot("Payment", _PAYMENTS, _payments),
@@ -116,16 +112,24 @@ ConnectionPart = tuple[str, Any]
 @dataclass
 class SingleAnswer:
     node: Node
+    statements: dict[tuple[str, bool], Select[Any]] = field(default_factory=dict)
 
     async def run(
         self, root: SingleRoot, conn: AsyncConnection, who: Viewer, args: Args, sql: list[str]
     ) -> str:
-        # The row statement's own FROM (the root table, unaliased) is what the
-        # selection's SQL reads from.
-        where = root.row(who, args).whereclause
-        assert where is not None
-        stmt = select(literal_column(sql[0], String)).select_from(root.table).where(where)
-        value = (await conn.execute(stmt)).scalar()
+        # Built once per plan, dialect, currency and scope kind, with the id, the
+        # organization and a member's accounts as parameters.
+        member = who.account_ids is not None
+        stmt = self.statements.get((sql[0], member))
+        if stmt is None:
+            stmt = self.statements[(sql[0], member)] = root.statement(sql[0], member)
+        params: dict[str, Any] = {
+            "pk": pk_of(args["id"], *root.id_types),
+            "org": who.organization_id,
+        }
+        if who.account_ids is not None:
+            params["accounts"] = sorted(who.account_ids)
+        value = (await conn.execute(stmt, params)).scalar()
         return "null" if value is None else str(value)
 
     def nodes(self) -> list[Node]:

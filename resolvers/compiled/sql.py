@@ -174,11 +174,16 @@ def sqlite_functions() -> list[tuple[str, int, object]]:
     def gid(type_name: str, pk: int | None) -> str | None:
         return None if pk is None else encode(type_name, int(pk))
 
-    def amount(minor: int | None, currency: str) -> str | None:
-        return None if minor is None else str(money.to_decimal(int(minor), currency))
+    # Both are NULL on the outer join's row of an empty page (a CASE may still give 0).
+    def amount(minor: int | None, currency: str | None) -> str | None:
+        if minor is None or currency is None:
+            return None
+        return str(money.to_decimal(int(minor), currency))
 
-    def formatted(minor: int | None, currency: str) -> str | None:
-        return None if minor is None else money.format_amount(int(minor), currency)
+    def formatted(minor: int | None, currency: str | None) -> str | None:
+        if minor is None or currency is None:
+            return None
+        return money.format_amount(int(minor), currency)
 
     return [("deskbill_gid", 2, gid), ("deskbill_amount", 2, amount),
             ("deskbill_formatted", 2, formatted)]  # fmt: skip
