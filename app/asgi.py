@@ -26,6 +26,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from app.analytics_exports import analytics_export_routes
 from app.auth import TokenError, authenticate, bearer_token
 from app.connections import LiveConnection
+from app.edge import Edge, StrictGraphQLRequests
 from app.exports import export_routes
 from app.graphiql import graphiql_page, graphiql_routes
 from app.graphql import build_schema
@@ -43,7 +44,7 @@ from services.clock import Clock
 log = logging.getLogger("deskbill")
 
 
-class DeskbillGraphQL(GraphQL[RequestContext, None]):
+class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
     # Finds the token in every form clients send it and keeps the access current.
     graphql_transport_ws_handler_class = LiveConnection
 
@@ -193,7 +194,10 @@ def create_app(
         lifespan=lifespan,
         middleware=[
             Middleware(HttpMetrics, metrics=metrics),
+            # CORS outside the edge, so the edge's own refusals carry its headers too;
+            # the edge outside persisted queries, so the body limit holds for them.
             *cors_middleware(settings),
+            Middleware(Edge, settings=settings),
             Middleware(PersistedQueryMiddleware, store=persisted),
         ],
     )

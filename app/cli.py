@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -13,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.logs import configure_logging, logging_config
 from app.settings import Settings, async_database_url
 from app.signing import ConfigurationError, check_credentials
 
@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    if args.command in ("serve", "worker") and not logging.getLogger().handlers:
-        # Our own lines (one per billing run, warnings) next to uvicorn's.
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command in ("serve", "worker"):
+        # Our own lines (one per billing run, refusals, warnings) next to uvicorn's,
+        # each with its request id; DESKBILL_LOG_FORMAT=json for one object per line.
+        configure_logging(settings.log_format)
 
     if args.command in provision.COMMANDS:
         return provision.run(args, settings, migrate)
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             "app.asgi:create_app" if args.workers > 1 else create_app(settings),
             factory=args.workers > 1, workers=args.workers, host=args.host, port=args.port,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS, log_level="info",
+            # Every process (each worker too) logs through our handler: request ids, JSON.
+            log_config=logging_config(settings.log_format),
+            ws_max_size=settings.max_body_bytes,
         )  # fmt: skip
         return 0
     parser.error(f"unknown command {args.command}")

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, OperationDefinitionNode
+from starlette.responses import Response
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
@@ -19,8 +20,12 @@ from strawberry.extensions import (
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.types import ExecutionContext
 
 from app.database import busy_reason
+from app.edge import INTERNAL_MESSAGE, RETRY_AFTER_SECONDS, SERVICE_BUSY
+from app.guards import RequestGuards
+from app.logs import current_request_id
 from app.metrics import OperationMetrics
 from app.settings import Settings
 from resolvers.compiled import CompiledReads
@@ -36,14 +41,14 @@ log = logging.getLogger("deskbill.graphql")
 # Sizes, counts and ranges of every root field's arguments (schema/limits.py).
 guard(Query, Mutation, Subscription)
 
-INTERNAL_MESSAGE = (
-    "Something went wrong on our side; the request changed nothing. It has been logged."
-)
 
-
-def _code(error: GraphQLError) -> None:
+def _code(error: GraphQLError, operation: str | None = None) -> None:
     """Give ``error`` its ``extensions.code`` (in place: strawberry keeps several
-    references to the same error objects), masking anything unexpected."""
+    references to the same error objects), masking anything unexpected.
+
+    Each error is logged once, when it is coded: a refusal the client can act on at
+    INFO in one line, an internal error at ERROR with its traceback.
+    """
     if (error.extensions or {}).get("code"):
         return
     original = error.original_error
@@ -59,20 +64,51 @@ def _code(error: GraphQLError) -> None:
     elif (reason := busy_reason(original)) is not None:
         # A deadline or a lost connection: the transaction rolled back, the client
         # may simply retry; worth a line in the log, not a traceback.
-        log.warning("database busy in %s: %s", error.path, original.__class__.__name__)
+        log.warning(
+            "database busy in %s at %s request_id=%s: %s",
+            operation or "anonymous operation",
+            error.path,
+            current_request_id(),
+            original.__class__.__name__,
+        )
         error.message = reason
-        error.extensions = {"code": "SERVICE_BUSY"}
+        error.extensions = {"code": SERVICE_BUSY, "retryAfter": RETRY_AFTER_SECONDS}
         error.original_error = None
     else:
-        log.error("internal error in %s", error.path, exc_info=original)
+        log.error(
+            "internal error in %s at %s request_id=%s",
+            operation or "anonymous operation",
+            error.path,
+            current_request_id(),
+            exc_info=original,
+        )
         error.message = INTERNAL_MESSAGE
-        error.extensions = {"code": "INTERNAL_ERROR"}
+        error.extensions = {"code": "INTERNAL_ERROR", "requestId": current_request_id()}
         error.original_error = None
     error.args = (error.message,)
+    code = error.extensions["code"]
+    if code not in ("INTERNAL_ERROR", SERVICE_BUSY):  # those were logged above
+        log.info(
+            "refused %s: %s request_id=%s %s",
+            operation or "anonymous operation",
+            code,
+            current_request_id(),
+            error.message,
+        )
 
 
 class CodedErrors(SchemaExtension):
     """Every error leaves with ``extensions.code``; anything unexpected is masked."""
+
+    def _operation(self) -> str | None:
+        """The operation's name for the logs: as asked for, or as the document names it."""
+        context = self.execution_context
+        if context.operation_name:
+            return context.operation_name
+        for definition in getattr(context.graphql_document, "definitions", ()):
+            if isinstance(definition, OperationDefinitionNode) and definition.name:
+                return definition.name.value
+        return None
 
     def on_operation(self) -> Iterator[None]:
         try:
@@ -80,22 +116,38 @@ class CodedErrors(SchemaExtension):
         except GraphQLError as raised:
             # ParserCache re-raises syntax errors through the extensions; strawberry
             # then returns this very error object, so coding it here is enough.
-            _code(raised)
+            _code(raised, self._operation())
             raise
+        operation = self._operation()
         result = self.execution_context.result
+        errors = [
+            *(getattr(result, "errors", None) or ()),
+            *(self.execution_context.pre_execution_errors or ()),
+        ]
         document = self.execution_context.graphql_document
-        for error in getattr(result, "errors", None) or ():
-            _code(error)
+        for error in errors:
+            _code(error, operation)
             name_refused_field(error, document)
-        for error in self.execution_context.pre_execution_errors or ():
-            _code(error)
-            name_refused_field(error, document)
+        if any((error.extensions or {}).get("code") == SERVICE_BUSY for error in errors):
+            # Busy is the server's state, not the client's mistake: say so in HTTP too.
+            response = getattr(self.execution_context.context, "response", None)
+            if isinstance(response, Response):
+                response.status_code = 503
+                response.headers["retry-after"] = str(RETRY_AFTER_SECONDS)
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
         """Each message of a subscription, coded and masked before it is sent."""
         for error in getattr(result, "errors", None) or ():
-            _code(error)
+            _code(error, self._operation())
         yield
+
+
+class DeskbillSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        """Strawberry would log every error at ERROR with its traceback, refusals
+        included; ``CodedErrors`` logs each one once, at the level it deserves."""
 
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
@@ -111,6 +163,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         # Outermost, so it sees each error after CodedErrors has given it its code.
         OperationMetrics,
         CodedErrors,
+        # Before any answer is made (CompiledReads too): NUL and cost refusals.
+        lambda: RequestGuards(settings=settings),
         lambda: AddValidationRules(limits),
         lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
         # Bounded caches: parse and validate each distinct document once.
@@ -120,7 +174,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     if settings.compiled_reads:
         # Last: it answers at execution, after every check above has run.
         extensions.append(CompiledReads)
-    return strawberry.Schema(
+    return DeskbillSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,

@@ -76,6 +76,14 @@ class Settings:
     # alone), "off"; the manifest is a JSON object of sha256 → document.
     persisted_queries: str = "auto"
     persisted_queries_file: str | None = None
+    # The HTTP edge (app.edge, app.cost, app.logs).
+    max_body_bytes: int = 1_048_576
+    max_response_bytes: int = 10_485_760
+    request_timeout_seconds: float = 10.0
+    cost_limit_admin: int = 25_000
+    cost_limit_analyst: int = 25_000
+    cost_limit_member: int = 5_000
+    log_format: str = "text"
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -113,6 +121,19 @@ class Settings:
             "ws_recheck_seconds": float(
                 env.get("DESKBILL_WS_RECHECK_SECONDS", cls.ws_recheck_seconds)
             ),
+            "max_body_bytes": int(env.get("DESKBILL_MAX_BODY_BYTES", cls.max_body_bytes)),
+            "max_response_bytes": int(
+                env.get("DESKBILL_MAX_RESPONSE_BYTES", cls.max_response_bytes)
+            ),
+            "request_timeout_seconds": float(
+                env.get("DESKBILL_REQUEST_TIMEOUT_SECONDS", cls.request_timeout_seconds)
+            ),
+            "cost_limit_admin": int(env.get("DESKBILL_COST_LIMIT_ADMIN", cls.cost_limit_admin)),
+            "cost_limit_analyst": int(
+                env.get("DESKBILL_COST_LIMIT_ANALYST", cls.cost_limit_analyst)
+            ),
+            "cost_limit_member": int(env.get("DESKBILL_COST_LIMIT_MEMBER", cls.cost_limit_member)),
+            "log_format": env.get("DESKBILL_LOG_FORMAT", cls.log_format),
         }
         values["persisted_queries"] = env.get("DESKBILL_PERSISTED_QUERIES") or "auto"
         values["persisted_queries_file"] = env.get("DESKBILL_PERSISTED_QUERIES_FILE") or None

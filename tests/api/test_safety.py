@@ -68,7 +68,8 @@ async def test_unexpected_errors_are_masked(api: Api, world: World, monkeypatch)
     monkeypatch.setattr(mapping, "organization", explode)
     body = await api.gql("{ organization { name } }", token=world.tokens["admin"])
     error = body["errors"][0]
-    assert error["extensions"] == {"code": "INTERNAL_ERROR"}
+    assert error["extensions"]["code"] == "INTERNAL_ERROR"
+    assert set(error["extensions"]) == {"code", "requestId"}  # the id of the logged line
     assert "secret" not in str(body) and "passwd" not in str(body)
     assert "Traceback" not in str(body)
 

@@ -43,7 +43,10 @@ async def test_every_streamed_message_is_masked_and_coded() -> None:
     assert len(messages) == 2
     for result in messages:
         coded = {e.path[-1]: (e.message, e.extensions) for e in result.errors or []}
-        assert coded["boom"] == (INTERNAL_MESSAGE, {"code": "INTERNAL_ERROR"})
+        assert coded["boom"] == (
+            INTERNAL_MESSAGE,
+            {"code": "INTERNAL_ERROR", "requestId": "-"},  # outside a request: no id
+        )
         assert coded["refused"] == (
             "This invoice is PAID; refund it instead.",
             {"code": "INVALID_STATE"},

@@ -1,0 +1,142 @@
+"""Checks every GraphQL operation passes after validation and before anything runs:
+no NUL character in any string of the request, and a cost within the viewer's budget.
+
+They run in one schema extension (``RequestGuards.on_execute``), so queries,
+mutations and subscriptions, over HTTP and websockets, are all checked, and a refused
+operation touches no resolver and no database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLError,
+    ListValueNode,
+    ObjectValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    StringValueNode,
+    ValueNode,
+)
+from strawberry.extensions import SchemaExtension
+
+from app.cost import check_cost, cost_limit
+from app.settings import Settings
+from services.errors import ValidationError
+
+NUL = "\x00"
+
+
+def nul_refusal(where: str) -> GraphQLError:
+    return GraphQLError(
+        f"{where} contains a NUL character (U+0000), which no text in this API may "
+        "contain; remove it and send the request again.",
+        extensions={"code": ValidationError.code, "field": where},
+    )
+
+
+def _value_nul(node: ValueNode, path: str) -> str | None:
+    if isinstance(node, StringValueNode):
+        return path if NUL in node.value else None
+    if isinstance(node, ListValueNode):
+        for index, item in enumerate(node.values):
+            if found := _value_nul(item, f"{path}[{index}]"):
+                return found
+    if isinstance(node, ObjectValueNode):
+        for entry in node.fields:
+            if found := _value_nul(entry.value, f"{path}.{entry.name.value}"):
+                return found
+    return None
+
+
+def _selection_nul(selection_set: SelectionSetNode | None, path: str) -> str | None:
+    for node in selection_set.selections if selection_set else ():
+        here = path
+        if isinstance(node, FieldNode):
+            name = (node.alias or node.name).value
+            here = f"{path}.{name}" if path else name
+            for argument in node.arguments or ():
+                if found := _value_nul(argument.value, f"{here}({argument.name.value})"):
+                    return found
+        for directive in getattr(node, "directives", None) or ():
+            for argument in directive.arguments or ():
+                if found := _value_nul(argument.value, f"{here}@{directive.name.value}"):
+                    return found
+        if found := _selection_nul(getattr(node, "selection_set", None), here):
+            return found
+    return None
+
+
+def document_nul(document: DocumentNode) -> str | None:
+    """Where a string literal of ``document`` holds a NUL (``invoices(filter).number``)."""
+    for definition in document.definitions:
+        prefix = ""
+        if isinstance(definition, FragmentDefinitionNode):
+            prefix = f"fragment {definition.name.value}: "
+        if isinstance(definition, OperationDefinitionNode):
+            for variable in definition.variable_definitions or ():
+                if variable.default_value is not None and (
+                    found := _value_nul(variable.default_value, f"${variable.variable.name.value}")
+                ):
+                    return f"the default of {found}"
+        if isinstance(definition, (OperationDefinitionNode, FragmentDefinitionNode)):
+            if found := _selection_nul(definition.selection_set, ""):
+                return prefix + found
+    return None
+
+
+def variables_nul(value: object, path: str) -> str | None:
+    """Where a JSON value (the request's variables) holds a NUL, in a string or a key."""
+    if isinstance(value, str):
+        return path if NUL in value else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and NUL in key:
+                return f"a key of {path}"
+            if found := variables_nul(item, f"{path}.{key}"):
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if found := variables_nul(item, f"{path}[{index}]"):
+                return found
+    return None
+
+
+def request_nul(
+    query: str | None, document: DocumentNode, variables: Mapping[str, object] | None
+) -> str | None:
+    """Where a NUL hides in an operation: its variables, or its document's literals.
+
+    A raw NUL cannot get past the GraphQL lexer, so the document is only walked when
+    its text has a unicode escape (``\\u0000``, ``\\u{0}``).
+    """
+    for name, value in (variables or {}).items():
+        if found := variables_nul(value, f"${name}"):
+            return f"the variable {found}"
+    if query is None or "\\u" in query:
+        return document_nul(document)
+    return None
+
+
+class RequestGuards(SchemaExtension):
+    """No NUL anywhere in the request, and a cost within the viewer's budget."""
+
+    def __init__(self, *, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        if document is not None:
+            if where := request_nul(context.query, document, context.variables):
+                raise nul_refusal(where)
+            viewer = getattr(context.context, "viewer", None)
+            limit = cost_limit(self.settings, getattr(viewer, "role", None))
+            # Raised as an already coded GraphQLError: strawberry answers with it and
+            # runs nothing (no resolver, no SQL).
+            check_cost(context.schema, document, context.variables, context.operation_name, limit)
+        yield
