@@ -199,6 +199,7 @@ class Edge:
         )
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body:
+            log.info("refused a body of %s bytes: %s", declared, PAYLOAD_TOO_LARGE)
             await self._respond(send, too_large)
             return
         received = 0
@@ -259,6 +260,13 @@ class Edge:
         except EdgeRefusal as refusal:
             if started:
                 raise
+            log.info(
+                "refused %s %s: %s %s",
+                scope.get("method"),
+                scope.get("path"),
+                refusal.code,
+                refusal.message,
+            )
             await self._respond(send, refusal)
         except TimeoutError:
             if not deadline.expired() or started:

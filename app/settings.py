@@ -82,7 +82,7 @@ class Settings:
     request_timeout_seconds: float = 10.0
     cost_limit_admin: int = 25_000
     cost_limit_analyst: int = 25_000
-    cost_limit_member: int = 5_000
+    cost_limit_member: int = 10_000
     log_format: str = "text"
     extra: dict[str, str] = field(default_factory=dict)
 
