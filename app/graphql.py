@@ -24,7 +24,7 @@ from strawberry.types import ExecutionContext
 
 from app.database import busy_reason
 from app.edge import INTERNAL_MESSAGE, RETRY_AFTER_SECONDS, SERVICE_BUSY
-from app.guards import RequestGuards
+from app.guards import HeavyLane, RequestGuards
 from app.logs import current_request_id
 from app.metrics import OperationMetrics
 from app.settings import Settings
@@ -143,6 +143,8 @@ class CodedErrors(SchemaExtension):
 
 
 class DeskbillSchema(strawberry.Schema):
+    heavy_lane: HeavyLane
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -159,12 +161,13 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
     ]
+    lane = HeavyLane(settings)  # shared by every request this schema serves
     extensions: list[Any] = [
         # Outermost, so it sees each error after CodedErrors has given it its code.
         OperationMetrics,
         CodedErrors,
         # Before any answer is made (CompiledReads too): NUL and cost refusals.
-        lambda: RequestGuards(settings=settings),
+        lambda: RequestGuards(settings=settings, lane=lane),
         lambda: AddValidationRules(limits),
         lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
         # Bounded caches: parse and validate each distinct document once.
@@ -174,7 +177,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     if settings.compiled_reads:
         # Last: it answers at execution, after every check above has run.
         extensions.append(CompiledReads)
-    return DeskbillSchema(
+    schema = DeskbillSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -182,3 +185,5 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         scalar_overrides=SCALAR_OVERRIDES,
         extensions=extensions,
     )
+    schema.heavy_lane = lane
+    return schema

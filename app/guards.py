@@ -4,11 +4,19 @@ no NUL character in any string of the request, and a cost within the viewer's bu
 They run in one schema extension (``RequestGuards.on_execute``), so queries,
 mutations and subscriptions, over HTTP and websockets, are all checked, and a refused
 operation touches no resolver and no database.
+
+Heavy operations (cost over ``heavy_query_cost``) also take a place in the process's
+``HeavyLane`` (``heavy_query_concurrency`` places) for their execution: clients
+looping the heaviest allowed query then take turns instead of sharing the event loop
+among themselves and everybody else, so ordinary requests keep most of it. Waiting
+for a place counts against the request's deadline (``app.edge``), which answers
+``SERVICE_BUSY`` when it runs out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 
 from graphql import (
     DocumentNode,
@@ -122,15 +130,26 @@ def request_nul(
     return None
 
 
+class HeavyLane:
+    """The places heavy operations of one process take turns for."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.threshold = settings.heavy_query_cost
+        self.places = asyncio.Semaphore(max(1, settings.heavy_query_concurrency))
+
+
 class RequestGuards(SchemaExtension):
-    """No NUL anywhere in the request, and a cost within the viewer's budget."""
+    """No NUL anywhere in the request, a cost within the viewer's budget, and heavy
+    operations one lane of their own."""
 
-    def __init__(self, *, settings: Settings) -> None:
+    def __init__(self, *, settings: Settings, lane: HeavyLane) -> None:
         self.settings = settings
+        self.lane = lane
 
-    def on_execute(self) -> Iterator[None]:
+    async def on_execute(self) -> AsyncIterator[None]:
         context = self.execution_context
         document = context.graphql_document
+        cost = 0
         if document is not None:
             if where := request_nul(context.query, document, context.variables):
                 raise nul_refusal(where)
@@ -138,5 +157,11 @@ class RequestGuards(SchemaExtension):
             limit = cost_limit(self.settings, getattr(viewer, "role", None))
             # Raised as an already coded GraphQLError: strawberry answers with it and
             # runs nothing (no resolver, no SQL).
-            check_cost(context.schema, document, context.variables, context.operation_name, limit)
-        yield
+            cost = check_cost(
+                context.schema, document, context.variables, context.operation_name, limit
+            )
+        if cost > self.lane.threshold:
+            async with self.lane.places:
+                yield
+        else:
+            yield

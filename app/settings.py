@@ -83,6 +83,8 @@ class Settings:
     cost_limit_admin: int = 25_000
     cost_limit_analyst: int = 25_000
     cost_limit_member: int = 10_000
+    heavy_query_cost: int = 2_000
+    heavy_query_concurrency: int = 1
     log_format: str = "text"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -133,6 +135,10 @@ class Settings:
                 env.get("DESKBILL_COST_LIMIT_ANALYST", cls.cost_limit_analyst)
             ),
             "cost_limit_member": int(env.get("DESKBILL_COST_LIMIT_MEMBER", cls.cost_limit_member)),
+            "heavy_query_cost": int(env.get("DESKBILL_HEAVY_QUERY_COST", cls.heavy_query_cost)),
+            "heavy_query_concurrency": int(
+                env.get("DESKBILL_HEAVY_QUERY_CONCURRENCY", cls.heavy_query_concurrency)
+            ),
             "log_format": env.get("DESKBILL_LOG_FORMAT", cls.log_format),
         }
         values["persisted_queries"] = env.get("DESKBILL_PERSISTED_QUERIES") or "auto"

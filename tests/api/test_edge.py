@@ -116,6 +116,34 @@ async def test_a_subscription_over_budget_is_refused(api: Api, world: World) -> 
         assert await client.quiet(ok, within=0.2) == []
 
 
+async def test_heavy_operations_take_turns_in_their_lane(
+    engine: AsyncEngine, clock: FixedClock, world: World
+) -> None:
+    from app.graphql import DeskbillSchema
+
+    heavy = "{ invoices(first: 10) { nodes { lines { id } } } }"  # 211, over 100
+    light = "{ invoices(first: 2) { nodes { number } } }"  # 3
+    async with server(engine, clock, heavy_query_cost=100, request_timeout_seconds=0.5) as api:
+        view = next(r for r in api.app.routes if getattr(r, "path", "") == "/graphql")
+        schema = view.app.schema  # type: ignore[attr-defined]
+        assert isinstance(schema, DeskbillSchema)
+        # The one place is taken (as by another client's heavy query): a heavy query
+        # waits for it — here past its deadline — while a light one goes straight on.
+        await schema.heavy_lane.places.acquire()
+        try:
+            response = await api.client.post(
+                "/graphql", json={"query": heavy}, headers=auth(world.tokens["admin"])
+            )
+            assert response.status_code == 503
+            assert error_of(response)["extensions"]["code"] == "SERVICE_BUSY"
+            body = await api.gql(light, token=world.tokens["admin"])
+            assert "errors" not in body, body
+        finally:
+            schema.heavy_lane.places.release()
+        body = await api.gql(heavy, token=world.tokens["admin"])
+        assert "errors" not in body, body
+
+
 # --- response size -------------------------------------------------------------------
 
 

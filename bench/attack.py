@@ -1,0 +1,266 @@
+"""Ordinary latency alone and under attack: does one heavy client hurt everybody?
+
+A fresh PostgreSQL database (``deskbill_bench_attack_<pid>``, created and dropped) gets
+the demo space; ``deskbill serve --no-worker`` runs it in a subprocess with the
+default limits. Then:
+
+1. the issue's two attack documents are sent once each and must be refused
+   (``QUERY_TOO_COMPLEX``) — this is checked, not timed;
+2. **alone**: one client loops an ordinary query (an admin's first page of 20 invoices
+   with totals) for ``--seconds`` and its latencies are recorded;
+3. **under attack**: the same, while ``--attackers`` clients (default 2) loop the
+   heaviest query the limits allow an analyst: the largest page of invoices with
+   lines, payments, allocations, refunds and history whose cost fits ``--limit``
+   (default: the analyst's default budget; the server runs with that budget).
+
+Reported: p50/p99 of the ordinary query in both phases, the ratio of the p99s (goal
+≤ 3), and how many heavy queries the attackers got through.
+
+    .venv/bin/python bench/attack.py
+    .venv/bin/python bench/attack.py --seconds 20 --attackers 2 \
+        --pg postgresql://postgres@127.0.0.1:5432
+
+Every run stops by itself: the loops are bounded by ``--seconds``, the server gets
+SIGTERM (then SIGKILL) by pid in a ``finally``, and the database is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from sqlalchemy import select, text  # noqa: E402
+
+from app.auth import issue_token  # noqa: E402
+from app.cost import query_cost  # noqa: E402
+from app.database import create_engine  # noqa: E402
+from app.graphql import build_schema  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from models import Invoice, Payment, User  # noqa: E402
+from services.clock import SystemClock  # noqa: E402
+
+ORDINARY = """query Ordinary {
+  invoices(first: 20) { nodes { number status dueDate total { formatted } balanceDue { amount } } }
+}"""
+HEAVY = """query Heavy {
+  invoices(first: FIRST) { totalCount pageInfo { hasNextPage endCursor }
+    nodes { number status dueDate account { name kind }
+      lines { description quantity unitPrice { amount } tax { amount } total { formatted } }
+      total { amount currency formatted } amountPaid { amount } balanceDue { formatted }
+      payments { method status amount { amount } }
+      allocations { amount { amount } creditNote { number } }
+      refunds { status amount { amount } }
+      history { type createdAt } } }
+}"""
+
+
+def attack_documents(invoice_id: int) -> dict[str, str]:
+    cycle = (
+        f'invoice(id: "Invoice:{invoice_id}") {{ payments {{ invoice {{ payments {{ invoice '
+        "{ payments { id amount { amount } } } } } } }"
+    )
+    page = heavy(100).split("{", 1)[1].rsplit("}", 1)[0]
+    return {
+        "five aliases of the payments cycle": "{ "
+        + " ".join(f"a{i}: {cycle}" for i in range(5))
+        + " }",
+        "thirty aliases of a full invoice page": "{ "
+        + " ".join(f"a{i}: {page}" for i in range(30))
+        + " }",
+    }
+
+
+def heavy(first: int) -> str:
+    return HEAVY.replace("FIRST", str(first))
+
+
+def heaviest_allowed(limit: int) -> tuple[str, int]:
+    """The heavy query with the largest page whose cost fits ``limit``."""
+    schema = build_schema(Settings())
+    first = max((n for n in range(1, 101) if query_cost(schema, heavy(n)) <= limit), default=1)
+    return heavy(first), first
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def admin_statement(server: str, statement: str) -> None:
+    engine = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def tokens_and_target(url: str, settings: Settings) -> tuple[str, str, int]:
+    """An admin's and an analyst's token, and the invoice with the most payments."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            users = (await conn.execute(select(User).where(User.active.is_(True)))).all()
+            admin = next(u for u in users if u.role == "ADMIN")
+            analyst = next((u for u in users if u.role == "ANALYST"), admin)
+            target = await conn.scalar(
+                select(Invoice.id)
+                .join(Payment, Payment.invoice_id == Invoice.id)
+                .group_by(Invoice.id)
+                .order_by(text("count(*) DESC"))
+                .limit(1)
+            )
+    finally:
+        await engine.dispose()
+    now = SystemClock().now()
+    return (
+        issue_token(settings, admin, now),  # type: ignore[arg-type]
+        issue_token(settings, analyst, now),  # type: ignore[arg-type]
+        int(target or 1),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_server(database_url: str, port: int, limit: int):  # type: ignore[no-untyped-def]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DESKBILL_WORKER": "false",
+        "DESKBILL_COST_LIMIT_ANALYST": str(limit),
+    }
+    log = tempfile.TemporaryFile()
+    deskbill = str(Path(sys.executable).parent / "deskbill")
+    command = [deskbill, "serve", "--demo", "--no-worker", "--port", str(port)]
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=ROOT, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as probe:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.returncode is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError("server did not start:\n" + log.read().decode()[-3000:])
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await probe.get("/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.2)
+        yield base, proc.pid
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        log.close()
+
+
+async def loop(
+    client: httpx.AsyncClient, token: str, query: str, until: float, latencies: list[float]
+) -> int:
+    errors = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        response = await client.post("/graphql", json={"query": query}, headers=headers)
+        latencies.append(time.perf_counter() - started)
+        if response.status_code != 200 or "errors" in response.json():
+            errors += 1
+    return errors
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def phase(
+    base: str, tokens: tuple[str, str], seconds: float, attackers: int, heavy_query: str
+) -> tuple[list[float], list[float], int]:
+    admin, analyst = tokens
+    until = time.monotonic() + seconds
+    ordinary: list[float] = []
+    heavy: list[float] = []
+    limits = httpx.Limits(max_connections=attackers + 2)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        # Warm the parser and validation caches and the pool outside the measurement.
+        await loop(client, admin, ORDINARY, time.monotonic() + 1, [])
+        jobs = [loop(client, analyst, heavy_query, until, heavy) for _ in range(attackers)]
+        results = await asyncio.gather(loop(client, admin, ORDINARY, until, ordinary), *jobs)
+    return ordinary, heavy, sum(results)
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--attackers", type=int, default=2)
+    parser.add_argument(
+        "--limit", type=int, default=Settings().cost_limit_analyst, help="the analyst's budget"
+    )
+    args = parser.parse_args(argv)
+    heavy_query, first = heaviest_allowed(args.limit)
+
+    name = f"deskbill_bench_attack_{os.getpid()}"
+    await admin_statement(args.pg, f'CREATE DATABASE "{name}"')
+    database_url = f"{args.pg}/{name}"
+    settings = Settings.from_env()
+    schema = build_schema(settings)
+    print(f"heavy query: first {first}, cost {query_cost(schema, heavy_query):,} "
+          f"(analyst budget {args.limit:,})")  # fmt: skip
+    try:
+        async with running_server(database_url, free_port(), args.limit) as (base, _pid):
+            admin, analyst, target = await tokens_and_target(database_url, settings)
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                for label, document in attack_documents(target).items():
+                    response = await client.post(
+                        "/graphql",
+                        json={"query": document},
+                        headers={"Authorization": f"Bearer {analyst}"},
+                    )
+                    error = response.json()["errors"][0]
+                    assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX", error
+                    print(f"refused: {label} (cost {error['extensions']['cost']:,})")
+            tokens = (admin, analyst)
+            alone, _, errors_alone = await phase(base, tokens, args.seconds, 0, heavy_query)
+            attacked, heavy_times, errors = await phase(
+                base, tokens, args.seconds, args.attackers, heavy_query
+            )
+    finally:
+        await admin_statement(args.pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print("| phase | ordinary requests | p50 ms | p99 ms | heavy requests | heavy p50 ms |")
+    print("|---|---|---|---|---|---|")
+    print(f"| alone | {len(alone)} | {quantile(alone, 0.5):.1f} | "
+          f"{quantile(alone, 0.99):.1f} | – | – |")  # fmt: skip
+    print(f"| {args.attackers} attackers | {len(attacked)} | {quantile(attacked, 0.5):.1f} | "
+          f"{quantile(attacked, 0.99):.1f} | {len(heavy_times)} | "
+          f"{quantile(heavy_times, 0.5) if heavy_times else 0:.1f} |")  # fmt: skip
+    ratio = quantile(attacked, 0.99) / quantile(alone, 0.99)
+    print(f"p99 under attack / p99 alone = {ratio:.2f} (goal ≤ 3); "
+          f"errors: {errors_alone} alone, {errors} under attack")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
