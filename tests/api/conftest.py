@@ -43,7 +43,8 @@ class Api:
         response = await self.client.post(
             "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
         )
-        assert response.status_code in (200, 400), response.text
+        # 503 is SERVICE_BUSY: still a GraphQL answer with coded errors.
+        assert response.status_code in (200, 400, 503), response.text
         body: dict[str, Any] = response.json()
         return body
 

@@ -371,8 +371,6 @@ async def test_an_exhausted_pool_answers_503_at_once(
         error = error_of(response)
         assert error["extensions"]["code"] == "SERVICE_BUSY"
         assert "Try again" in error["message"]
-        health = await api.client.get("/healthz")
-        assert health.status_code == 503
         for connection in held:
             await connection.close()
         # It recovers by itself once connections are free again.
