@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import secrets
 import signal
 import socket
 import sys
@@ -220,6 +221,8 @@ async def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     heavy_query, first = heaviest_allowed(args.limit)
 
+    # The server and this script sign and check tokens with one secret of this run.
+    os.environ.setdefault("DESKBILL_TOKEN_SECRET", secrets.token_hex(32))
     name = f"deskbill_bench_attack_{os.getpid()}"
     await admin_statement(args.pg, f'CREATE DATABASE "{name}"')
     database_url = f"{args.pg}/{name}"
