@@ -80,9 +80,9 @@ class Settings:
     max_body_bytes: int = 1_048_576
     max_response_bytes: int = 10_485_760
     request_timeout_seconds: float = 10.0
-    cost_limit_admin: int = 25_000
-    cost_limit_analyst: int = 25_000
-    cost_limit_member: int = 10_000
+    cost_limit_admin: int = 50_000
+    cost_limit_analyst: int = 50_000
+    cost_limit_member: int = 25_000
     heavy_query_cost: int = 2_000
     heavy_query_concurrency: int = 1
     log_format: str = "text"

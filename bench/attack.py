@@ -89,11 +89,18 @@ def heavy(first: int) -> str:
     return HEAVY.replace("FIRST", str(first))
 
 
-def heaviest_allowed(limit: int) -> tuple[str, int]:
-    """The heavy query with the largest page whose cost fits ``limit``."""
+def heaviest_allowed(limit: int) -> tuple[str, str]:
+    """The heaviest document the budget allows: as many aliases of a page of 100 as
+    fit ``limit``, or one page with the largest ``first`` that fits."""
     schema = build_schema(Settings())
+    full = heavy(100)
+    page = full.split("{", 1)[1].rsplit("}", 1)[0]
+    copies = limit // query_cost(schema, full)
+    if copies >= 1:
+        document = "query Heavy { " + " ".join(f"p{i}: {page}" for i in range(copies)) + " }"
+        return document, f"{copies} × first: 100"
     first = max((n for n in range(1, 101) if query_cost(schema, heavy(n)) <= limit), default=1)
-    return heavy(first), first
+    return heavy(first), f"first: {first}"
 
 
 def free_port() -> int:
@@ -219,7 +226,7 @@ async def main(argv: list[str] | None = None) -> None:
         "--limit", type=int, default=Settings().cost_limit_analyst, help="the analyst's budget"
     )
     args = parser.parse_args(argv)
-    heavy_query, first = heaviest_allowed(args.limit)
+    heavy_query, shape = heaviest_allowed(args.limit)
 
     # The server and this script sign and check tokens with one secret of this run.
     os.environ.setdefault("DESKBILL_TOKEN_SECRET", secrets.token_hex(32))
@@ -228,7 +235,7 @@ async def main(argv: list[str] | None = None) -> None:
     database_url = f"{args.pg}/{name}"
     settings = Settings.from_env()
     schema = build_schema(settings)
-    print(f"heavy query: first {first}, cost {query_cost(schema, heavy_query):,} "
+    print(f"heavy query: {shape}, cost {query_cost(schema, heavy_query):,} "
           f"(analyst budget {args.limit:,})")  # fmt: skip
     try:
         async with running_server(database_url, free_port(), args.limit) as (base, _pid):
