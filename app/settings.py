@@ -25,7 +25,7 @@ class DatabaseLimits:
     lock_timeout_ms: int = 5_000
     idle_in_transaction_timeout_ms: int = 30_000
     pool_size: int = 10
-    max_overflow: int = 10
+    max_overflow: int = 20
     pool_timeout_seconds: float = 2.0
 
 
