@@ -293,7 +293,9 @@ def peer_invoice(pk: str) -> str:
 
 
 def peer_queries(pk: str, by_pk: str) -> dict[str, str]:
-    docs = 'documentType: {in: ["DRAFT", "INVOICE"]}'
+    # Deskbill answers for the viewer's organization; the same tenant condition here gives
+    # PostgreSQL the same predicate, so both can use the (organization_id, ...) indexes.
+    docs = 'organizationId: {equalTo: "1"}, documentType: {in: ["DRAFT", "INVOICE"]}'
     order = "[DUE_DATE_DESC, ID_DESC]" if pk == "id" else "[DUE_DATE_DESC, ROW_ID_DESC]"
     return {
         "q1": f"query Q1($id: BigInt!) {{ {by_pk}(id: $id) {{ {peer_invoice(pk)} }} }}".replace(
