@@ -200,7 +200,9 @@ async def measure(database_url: str, args: argparse.Namespace) -> dict[str, list
             **{name: [*numbers, float("nan"), float("nan")] for name, numbers in results.items()},
             **bare,
         }
-    settings = Settings(database_url=database_url, worker_enabled=False)
+    settings = Settings(
+        database_url=database_url, worker_enabled=False, token_secret=secrets.token_urlsafe(48)
+    )
     app = create_app(settings, engine=engine, start_worker=False)
     token = issue_token(settings, analyst, datetime.now(UTC))
     variables = {"from": year.first.isoformat(), "to": year.last.isoformat()}
