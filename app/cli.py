@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bill = sub.add_parser("bill", help="run the billing clock once for an instant")
     bill.add_argument("--as-of", type=_parse_instant, default=None)
+    bill.add_argument("--json", action="store_true", help="print one JSON object for scripts")
 
     sub.add_parser("worker", help="run the billing clock without serving HTTP")
     sub.add_parser("export-schema", help="print the GraphQL SDL")
@@ -103,11 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(load_demo(settings, force=args.force))
         return 0
     if args.command == "bill":
-        from app.lifecycle import bill_once
+        from app import bill_command
 
         as_of = args.as_of or datetime.now(UTC)
-        print(asyncio.run(bill_once(settings, as_of)))
-        return 0
+        return bill_command.run(settings, as_of, as_json=args.json)
     if args.command == "worker":
         from app.lifecycle import run_worker
 

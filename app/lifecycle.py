@@ -125,11 +125,15 @@ async def engine_services(
         await engine.dispose()
 
 
-async def bill_once(settings: Settings, as_of: datetime) -> billing.BillingRunResult:
+async def bill_once(
+    settings: Settings, as_of: datetime, progress: billing.Progress | None = None
+) -> billing.BillingRunResult:
     """``deskbill bill --as-of``: one billing run, with the configured gateway."""
     async with engine_services(settings) as (sessionmaker, _gateway, hub):
         head = await log_head(sessionmaker)
-        result = await billing.run_billing(sessionmaker, None, as_of, billing_limits(settings))
+        result = await billing.run_billing(
+            sessionmaker, None, as_of, billing_limits(settings), progress
+        )
         for org, newest in (await newest_events(sessionmaker, head)).items():
             await hub.announce(org, newest)
         return result

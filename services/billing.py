@@ -66,6 +66,8 @@ EXTRA_STEPS: list[BillingStep] = []
 # (``services.payments.run_payment_jobs`` with the gateway bound fits here).
 OrgJob = Callable[[Sessionmaker, Organization, datetime], Awaitable[object]]
 ORG_JOBS: list[OrgJob] = []
+# Told (accounts done, accounts in the run) as the run goes; must not raise or block.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -273,9 +275,12 @@ async def run_billing(
     org_id: int | None,
     as_of: datetime,
     limits: BillingLimits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
 ) -> BillingRunResult:
-    """One billing run for ``as_of``, over one organization or all of them."""
-    return await _Run(sessionmaker, as_of, limits).run(org_id)
+    """One billing run for ``as_of``, over one organization or all of them.
+    ``progress``, if given, hears ``(accounts done, accounts in the run)`` once the
+    run's accounts are known and after every account (the command's progress bar)."""
+    return await _Run(sessionmaker, as_of, limits, progress).run(org_id)
 
 
 @dataclass
@@ -289,10 +294,19 @@ class _Run:
     """One run's queue: the organizations' accounts interleaved, so the first account
     of every organization comes before the second of any, worked off by a few tasks."""
 
-    def __init__(self, sessionmaker: Sessionmaker, as_of: datetime, limits: BillingLimits):
+    def __init__(
+        self,
+        sessionmaker: Sessionmaker,
+        as_of: datetime,
+        limits: BillingLimits,
+        progress: Progress | None = None,
+    ):
         self.sessionmaker = sessionmaker
         self.as_of = as_of
         self.limits = limits
+        self.progress = progress
+        self.accounts_total = 0
+        self.accounts_done = 0
         self.result = BillingRunResult(as_of=as_of)
         self.queue: deque[tuple[_Organization, int | None]] = deque()
 
@@ -319,6 +333,9 @@ class _Run:
             for entry, account_ids in lists:
                 if turn < len(account_ids):
                     self.queue.append((entry, account_ids[turn]))
+        self.accounts_total = sum(len(ids) for _, ids in lists)
+        if self.progress is not None:
+            self.progress(0, self.accounts_total)
         bind = self.sessionmaker.kw.get("bind")
         one_writer = bind is not None and bind.dialect.name == "sqlite"
         workers = 1 if one_writer else max(1, self.limits.concurrency)
@@ -333,6 +350,9 @@ class _Run:
             if account_id is not None:
                 await self._account(entry.org, account_id)
                 entry.accounts_left -= 1
+                self.accounts_done += 1
+                if self.progress is not None:
+                    self.progress(self.accounts_done, self.accounts_total)
             if entry.accounts_left == 0 and not entry.jobs_done:
                 entry.jobs_done = True
                 await self._jobs(entry.org)

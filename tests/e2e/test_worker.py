@@ -1,13 +1,17 @@
 """The billing clock outside the server: ``deskbill worker`` as a process of its own
 finalizes a pending invoice whose time has come, and a websocket subscriber of a
 separate server process hears it through the Redis broadcast; ``deskbill bill
---as-of`` does one run and exits.
+--as-of`` does one run and exits, ``--json`` answering one JSON object, and on a
+terminal it draws a progress bar before its summary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -141,14 +145,69 @@ async def test_bill_as_of_runs_the_billing_clock_once(
     )  # fmt: skip
     async with watching(server, seeded, "alice", invoice_id) as (alice, operation):
         done = await asyncio.to_thread(
-            subprocess.run, deskbill("bill", "--as-of", "2026-08-21T00:00:00+00:00"),
+            subprocess.run, deskbill("bill", "--as-of", "2026-08-21T00:00:00+00:00", "--json"),
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "invoices_finalized=1," in done.stdout, done.stdout
+        report = json.loads(done.stdout)  # one object, nothing else on stdout
+        assert report["asOf"] == "2026-08-21T00:00:00+00:00"
+        assert report["invoicesFinalized"] == 1, report
+        assert report["accountsProcessed"] >= 1, report
+        assert report["failedAccounts"] == [] and report["failedOrganizations"] == []
         heard = await until_finalized(alice, operation)
     assert [(m["type"], m["status"]) for m in heard] == [
         ("invoice.finalized", None),
         ("invoice.status_changed", "UPCOMING"),
     ]
     assert [m["cursor"] for m in heard] == await invoice_log(seeded, invoice_id)
+
+
+def on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``args`` with stdout and stderr on a pseudo-terminal; its exit status and
+    everything it wrote there."""
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen(
+            args, env={**env, "TERM": "xterm-256color", "COLUMNS": "120"},
+            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+    written = bytearray()
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the process closed the terminal's last end
+                break
+            if not chunk:
+                break
+            written += chunk
+    finally:
+        os.close(controller)
+    return process.wait(timeout=120), written.decode(errors="replace")
+
+
+async def test_bill_on_a_terminal_shows_progress_then_a_summary(
+    seeded: Seeded, env: dict[str, str]
+) -> None:
+    for account in ("team", "alice_account"):
+        await pending_invoice(
+            seeded, account,
+            finalize_at=datetime(2026, 8, 22, tzinfo=UTC), due=date(2026, 8, 26),
+        )  # fmt: skip
+    status, output = await asyncio.to_thread(
+        on_a_terminal, deskbill("bill", "--as-of", "2026-08-23T00:00:00+00:00"), env
+    )
+    assert status == 0, output
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)  # without the terminal's escapes
+    # The bar: accounts done of the run's accounts, the rate and the time left.
+    bars = re.findall(r"billing .*?(\d+)/(\d+) +[\d,]+ accounts/s", text)
+    assert bars, text
+    done, total = bars[-1]
+    assert done == total and int(total) >= 2, text
+    # Then the summary, a person's sentence and aligned counts, not a Python repr.
+    assert "Billing run as of 2026-08-23T00:00:00+00:00: " in text, text
+    finalized = re.search(r"invoices finalized +(\d+)", text)
+    assert finalized and int(finalized.group(1)) >= 2, text
+    assert "BillingRunResult(" not in text
