@@ -57,13 +57,22 @@ DEFAULT_MAX_TEXT = 1000
 RANGES = (("from_", "to"), ("start_date", "end_date"), ("starts_at", "ends_at"))
 
 
+_NAMES: dict[type, dict[str, str]] = {}
+
+
+def _graphql_names(cls: type) -> dict[str, str]:
+    """Python name → GraphQL name of an input type's fields, worked out once per type."""
+    names = _NAMES.get(cls)
+    if names is None:
+        definition = get_object_definition(cls)
+        fields = definition.fields if definition is not None else ()
+        names = {f.python_name: f.graphql_name or to_camel_case(f.python_name) for f in fields}
+        _NAMES[cls] = names
+    return names
+
+
 def _graphql_name(owner: object, python_name: str) -> str:
-    definition = get_object_definition(owner)
-    if definition is not None:
-        for field in definition.fields:
-            if field.python_name == python_name:
-                return field.graphql_name or to_camel_case(python_name)
-    return to_camel_case(python_name)
+    return _graphql_names(type(owner)).get(python_name) or to_camel_case(python_name)
 
 
 def _day(value: date) -> date:
@@ -119,8 +128,12 @@ def check_value(value: object, name: str, path: str) -> None:
     elif isinstance(value, list):
         if len(value) > MAX_LIST_ITEMS:
             raise refused(f"`{path}` takes at most {MAX_LIST_ITEMS} items; got {len(value)}.", path)
+        cap = MAX_TEXT.get(name, DEFAULT_MAX_TEXT)
         for index, item in enumerate(value):
-            check_value(item, name, f"{path}[{index}]")
+            # Lists of ids are the long ones: check their text here, naming the item
+            # only when it is refused.
+            if not isinstance(item, str) or len(item) > cap or "\x00" in item:
+                check_value(item, name, f"{path}[{index}]")
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for field in dataclasses.fields(value):
             inner = getattr(value, field.name)
