@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql import GraphQLSchema, get_operation_ast
+from graphql import GraphQLError, GraphQLSchema, get_operation_ast
 from graphql.execution.collect_fields import FieldDetails
 from graphql.execution.values import get_argument_values, get_variable_values
 from sqlalchemy.exc import DBAPIError
@@ -162,6 +162,10 @@ def _arguments(schema: Any, plan: Plan, variables: Any) -> dict[str, Any]:
         scalar_registry=schema.schema_converter.scalar_registry,
         config=schema.config,
     )
+    # The field's extensions see the arguments as on the resolver path: InputLimits
+    # (schema/limits.py) refuses oversized lists, text and dates here too.
+    for extension in strawberry_field.extensions:
+        converted = extension.map_arguments(converted)
     return {k: None if v is UNSET else v for k, v in converted.items()}
 
 
@@ -231,8 +235,9 @@ class CompiledReads(SchemaExtension):
             if ctx.viewer is not None and ec.operation_type == OperationType.QUERY:
                 try:
                     encoded = await answer(ec, ctx.connection, ctx.viewer)
-                except DomainError:
-                    # A bad id or page size: the resolver raises it again, coded.
+                except (DomainError, GraphQLError):
+                    # A bad id, page size or input limit: the resolver raises it again,
+                    # coded.
                     encoded = None
                 except (DBAPIError, PoolTimeout):
                     # The database is unwell or busy: answered as such (SERVICE_BUSY),
