@@ -13,6 +13,7 @@ stand-in for row locks).
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from sqlalchemy import event, exc
@@ -26,6 +27,7 @@ LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
 SERVER_GONE_PREFIXES = ("08", "57P")
+INSUFFICIENT_RESOURCES = "53"
 
 
 def create_engine(
@@ -124,6 +126,9 @@ def busy_reason(error: BaseException) -> str | None:
 
 
 def _busy_reason(error: BaseException) -> str | None:
+    if isinstance(error, (ConnectionError, socket.gaierror)):
+        # The driver could not open a connection at all (server down, refused, unknown host).
+        return "The database cannot be reached right now; nothing was changed. Try again shortly."
     if isinstance(error, exc.TimeoutError):
         return "The service is busy: no database connection came free in time. Try again shortly."
     if not isinstance(error, exc.DBAPIError):
@@ -139,6 +144,9 @@ def _busy_reason(error: BaseException) -> str | None:
             "The request ran past its time limit and was stopped; nothing was changed. "
             "Try again, or ask for less at once."
         )
+    if state.startswith(INSUFFICIENT_RESOURCES):
+        # Out of connection slots (53300), memory or disk: the server says "not now".
+        return "The database is out of capacity right now; nothing was changed. Try again shortly."
     if error.connection_invalidated or state.startswith(SERVER_GONE_PREFIXES):
         return "The connection to the database was lost; try again in a moment."
     if state == IDLE_IN_TRANSACTION_TIMEOUT:
