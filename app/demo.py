@@ -437,7 +437,7 @@ async def _build(builder: _Builder, now: datetime) -> None:
                 await invoices.void(session, org, wrong, b.now, actor_user_id=b.admin_id)
             b.at(on(month, 10, 15))
             assert kenji_boardroom is not None
-            await b.cancel(kenji_boardroom, 9)  # invoiced and paid: credited (SPEC §5.2)
+            await b.cancel(kenji_boardroom, 9)  # invoiced and paid: credited (rules §5.2)
             # Oliver joins mid-month: a prorated first invoice due on his start date.
             await b.subscribe(7, "hot", month + timedelta(days=14))
 
@@ -508,7 +508,7 @@ async def _card_payment_of(b: _Builder, who: int, due: date) -> int | None:
 
 async def _remove_duplicate_day_pass(b: _Builder, who: int, due: date) -> None:
     """The admin takes the duplicated check-in off a finalized invoice: the line moves
-    onto a VOID invoice (SPEC §4.7) and the balance drops."""
+    onto a VOID invoice (rules §4.7) and the balance drops."""
     async with b.step() as (session, org):
         line = await session.scalar(
             select(LineItem)

@@ -1,4 +1,4 @@
-"""CSV exports for BI tools (SPEC §11.3): invoices, invoice items and payments.
+"""CSV exports for BI tools (rules §11.3): invoices, invoice items and payments.
 
 ``GET /exports/invoices.csv?filter={"status": ["DUE"]}`` takes the same filter as
 the GraphQL list (as JSON, GraphQL field names such as ``accountId``, the same strict

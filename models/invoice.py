@@ -1,7 +1,7 @@
 """Invoices (credit notes are finalized invoices with a negative total), their line
 items, and the allocations that move credit from a credit note onto an invoice.
 
-The balance rules of SPEC §5.7 are CHECK constraints here, so that no bug in the
+The balance rules of rules §5.7 are CHECK constraints here, so that no bug in the
 engine can ever write a double-spent credit note or an over-paid invoice.
 """
 
@@ -70,7 +70,7 @@ class Invoice(Base):
             ["accounts.id", "accounts.organization_id"],
             ondelete="CASCADE",
         ),
-        # SPEC §4.2: at most one PENDING invoice per account and due date (a due-today
+        # rules §4.2: at most one PENDING invoice per account and due date (a due-today
         # invoice for additional charges is kept apart from the billing-date one).
         Index(
             "uq_invoices_one_pending_per_due_date",
@@ -248,7 +248,7 @@ class LineItem(Base):
     plan_subscription_id: Mapped[int | None] = mapped_column(
         BigId, ForeignKey("plan_subscriptions.id", ondelete="SET NULL"), nullable=True, index=True
     )
-    # Set when a line was moved here from another invoice (SPEC §4.7, §5.6).
+    # Set when a line was moved here from another invoice (rules §4.7, §5.6).
     moved_from_invoice_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     created_at: Mapped[datetime] = created_column()
 

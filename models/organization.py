@@ -29,7 +29,7 @@ class Organization(Base):
     slug: Mapped[str] = mapped_column(String(80), unique=True, nullable=False)
     currency: Mapped[str] = mapped_column(String(3), nullable=False)
 
-    # The invoice policy (SPEC §3). Tax rates are parts per million of the amount:
+    # The invoice policy (rules §3). Tax rates are parts per million of the amount:
     # a percent with four decimals (8.2500 %) is exactly 82,500 ppm, so no float.
     billing_day: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     timezone: Mapped[str] = mapped_column(String(64), nullable=False, default="UTC")

@@ -27,7 +27,7 @@ class Payment(Base):
         enum_check("method", PaymentMethod),
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("applied_amount BETWEEN 0 AND amount", name="applied_within_amount"),
-        # SPEC §7.4: never refund more than the payment's unrefunded amount.
+        # rules §7.4: never refund more than the payment's unrefunded amount.
         CheckConstraint("refunded_amount BETWEEN 0 AND amount", name="refunds_within_amount"),
         ForeignKeyConstraint(["invoice_id", "account_id"], ["invoices.id", "invoices.account_id"]),
         # The payments list's default order, as a keyset range scan.

@@ -1,5 +1,5 @@
 """Who may do what: the token's role, scoped to its organization and, for members,
-to their own account and their teams' accounts (SPEC §1.3)."""
+to their own account and their teams' accounts (rules §1.3)."""
 
 from __future__ import annotations
 

@@ -528,7 +528,7 @@ class Query(AnalyticsQuery):
             after=None if after is None else _event_cursor_to_keyset(after),
         )
 
-    @strawberry.field(description="May this account book now? If not, why (SPEC §8.1).")
+    @strawberry.field(description="May this account book now? If not, why (rules §8.1).")
     async def booking_eligibility(
         self, info: Info, account_id: strawberry.ID
     ) -> t.BookingEligibility:

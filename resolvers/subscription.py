@@ -1,4 +1,4 @@
-"""The Subscription root (SPEC §10.2): invoice status, payment confirmation and the
+"""The Subscription root (rules §10.2): invoice status, payment confirmation and the
 whole event log, over graphql-transport-ws.
 
 Each subscription checks who may see what *before* it streams (a refusal is the

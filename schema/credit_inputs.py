@@ -1,4 +1,4 @@
-"""Payloads of the credit mutations (SPEC §5.6): what an admin sees after applying,
+"""Payloads of the credit mutations (rules §5.6): what an admin sees after applying,
 moving, removing or adding credit. Arguments are plain (ids, decimal strings), so
 only the results that carry more than one object need a type of their own."""
 
@@ -9,7 +9,7 @@ import strawberry
 from schema.types import CreditAllocation, CreditNote, Invoice, LineItem
 
 
-@strawberry.type(description="A credit line moved off a pending invoice (SPEC §5.6).")
+@strawberry.type(description="A credit line moved off a pending invoice (rules §5.6).")
 class MoveCreditLinePayload:
     credit_note: CreditNote = strawberry.field(
         description="The new one-line credit note the line became."

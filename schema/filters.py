@@ -1,4 +1,4 @@
-"""Filter and sort inputs of the list fields (SPEC §11.1).
+"""Filter and sort inputs of the list fields (rules §11.1).
 
 Amounts are decimal strings in the organization's currency, as everywhere else;
 ids are global ids.

@@ -1,4 +1,4 @@
-"""Inputs and payloads of the payment mutations (SPEC §6, §7): offline payments and
+"""Inputs and payloads of the payment mutations (rules §6, §7): offline payments and
 refunds, card payments and card setup through the gateway, refunds through it.
 
 Amounts are decimal strings in the organization's currency. Offline methods have

@@ -1,7 +1,7 @@
 """Users (who log in) and accounts (who pay): a user's own account or a team's.
 
 Team membership decides what a MEMBER may see and pay (``account_ids_for_user``).
-New accounts start with the organization's auto-pay default (SPEC §3).
+New accounts start with the organization's auto-pay default (rules §3).
 """
 
 from __future__ import annotations

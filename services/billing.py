@@ -1,4 +1,4 @@
-"""The billing run (SPEC §9): everything time-driven, done for one instant.
+"""The billing run (rules §9): everything time-driven, done for one instant.
 
 ``run_billing`` finds the accounts that have work at ``as_of`` with a few indexed
 queries (so 10,000 idle accounts cost nothing), then handles each account in its own

@@ -1,8 +1,8 @@
-"""Bookings, day passes and one-off sales: the additional charges of SPEC §4.9 and §8.
+"""Bookings, day passes and one-off sales: the additional charges of rules §4.9 and §8.
 
 A booking's charge (kind BOOKING, carrying ``booking_id``) is placed like every
 additional charge (``invoices.place_additional_charge``). Cancelling or shortening
-follows SPEC §5.2/§5.3: while the charge is still on a pending invoice it is simply
+follows rules §5.2/§5.3: while the charge is still on a pending invoice it is simply
 reduced or removed; once it sits on a PAID invoice the price difference comes back as
 a credit line (unless the admin says not to); on a finalized invoice not yet paid the
 charge stays and no credit is made; a free booking has nothing to undo.
@@ -86,7 +86,7 @@ async def get_booking(session: AsyncSession, org: Organization, booking_id: int)
 async def booking_eligibility(
     session: AsyncSession, org: Organization, account: Account
 ) -> BookingEligibility:
-    """Whether the account may book now and, if not, why (SPEC §8.1)."""
+    """Whether the account may book now and, if not, why (rules §8.1)."""
     if not account.active:
         return BookingEligibility(False, f"Account “{account.name}” is inactive.")
     if not org.block_bookings_when_overdue:
@@ -155,7 +155,7 @@ async def create_booking(
     booked_by_user_id: int | None = None,
     actor_user_id: int | None = None,
 ) -> Booking:
-    """Book a resource for ``account`` and place its charge (SPEC §8.1, §4.9). The
+    """Book a resource for ``account`` and place its charge (rules §8.1, §4.9). The
     price is given, or ``hourly_rate`` × duration; a free booking adds no line. With
     ``blockBookingsWhenOverdue`` an account with an overdue invoice is refused."""
     resource_name = resource_name.strip()
@@ -321,7 +321,7 @@ async def shorten_booking(
     actor_user_id: int | None = None,
 ) -> BookingChange:
     """End a booking earlier. Its new price is ``new_price`` or the old price in
-    proportion to the new duration (half-up); the difference is handled per SPEC
+    proportion to the new duration (half-up); the difference is handled per rules
     §5.2/§5.3 (see the module docstring)."""
     account, booking = await _lock_booking(session, org, booking)
     if new_ends_at.tzinfo is None:
@@ -377,7 +377,7 @@ async def cancel_booking(
     create_credit: bool = True,
     actor_user_id: int | None = None,
 ) -> BookingChange:
-    """Cancel a booking; its charge is removed, kept or credited per SPEC §5.2/§5.3.
+    """Cancel a booking; its charge is removed, kept or credited per rules §5.2/§5.3.
     ``create_credit=False`` is the admin's "do not create invoice credit"."""
     account, booking = await _lock_booking(session, org, booking)
     adjustment, credit_line = await _adjust_charge(
@@ -420,7 +420,7 @@ async def check_in_day_pass(
     tax_rate_ppm: int | None = None,
     actor_user_id: int | None = None,
 ) -> LineItem | None:
-    """A day pass or check-in at the location's day rate (SPEC §8.4): an additional
+    """A day pass or check-in at the location's day rate (rules §8.4): an additional
     charge of kind DAY_PASS. Refused like a booking when the account has overdue
     invoices under ``blockBookingsWhenOverdue``; a free pass adds no line."""
     if price < 0:

@@ -1,4 +1,4 @@
-"""Credit notes and the credit that moves from them onto invoices (SPEC §5).
+"""Credit notes and the credit that moves from them onto invoices (rules §5).
 
 A credit note is a finalized invoice with a negative total (status ``PAID``: nothing
 is owed on it; ``credit_note_status`` AVAILABLE / CONSUMED / VOID). Its credit reaches
@@ -355,7 +355,7 @@ async def allocate(
     actor_user_id: int | None = None,
 ) -> CreditAllocation:
     """Apply ``amount`` of a credit note to an UPCOMING/DUE/OVERDUE invoice of the same
-    account (SPEC §5.6). The invoice becomes PAID when credit pays it in full, the
+    account (rules §5.6). The invoice becomes PAID when credit pays it in full, the
     credit note CONSUMED when it is used up."""
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         raise ValidationError("The amount of credit to apply must be greater than zero.")
@@ -388,7 +388,7 @@ async def remove_allocation(
     actor_user_id: int | None = None,
 ) -> CreditAllocation:
     """Undo an allocation: the amount goes back to the credit note as unassigned credit
-    and the invoice returns to the unpaid status its dates give (SPEC §5.6)."""
+    and the invoice returns to the unpaid status its dates give (rules §5.6)."""
     found = await session.scalar(
         select(CreditAllocation).where(
             CreditAllocation.id == allocation_id, CreditAllocation.organization_id == org.id
@@ -555,7 +555,7 @@ async def after_finalize(
     automatic: bool,
     actor_user_id: int | None = None,
 ) -> list[CreditAllocation]:
-    """What finalization does with credit (SPEC §5.5). The caller decides
+    """What finalization does with credit (rules §5.5). The caller decides
     ``apply_credit``: ``org.auto_apply_credit`` for automatic finalization, the admin's
     ``applyCredit`` argument for a manual one."""
     if not apply_credit:
@@ -637,7 +637,7 @@ async def move_credit_line(
     actor_user_id: int | None = None,
 ) -> tuple[Invoice, CreditAllocation]:
     """Move a credit line off the account's pending invoice onto an UPCOMING/DUE/OVERDUE
-    invoice (SPEC §5.6): the line becomes a new one-line credit note (CN- number), and
+    invoice (rules §5.6): the line becomes a new one-line credit note (CN- number), and
     that credit note is allocated (MANUAL) to the target — up to its balance; credit
     beyond the balance stays AVAILABLE on the new credit note."""
     line = await session.scalar(
@@ -690,7 +690,7 @@ async def move_credit_line(
     await invoices.recompute_totals(session, source)
     source.updated_at = now
     if source.due_today:
-        # A due-today invoice waits its grace period after its last change (SPEC §3).
+        # A due-today invoice waits its grace period after its last change (rules §3).
         source.finalize_at = now + timedelta(minutes=org.due_today_grace_minutes)
     events.record(
         session,
@@ -814,7 +814,7 @@ async def credit_for_plan_change(
     deposit_return: int = 0,
 ) -> PlanChangeCredit:
     """The credit owed when ``subscription`` now ends on ``new_end`` (inclusive last day
-    of service) — SPEC §5.2. Only plan periods already invoiced *and paid* after the new
+    of service) — rules §5.2. Only plan periods already invoiced *and paid* after the new
     end are credited: a whole period at its full line amount, the part-period prorated
     by days (the end day counts as used). Periods credited by an earlier shortening are
     not credited twice. Nothing is written; the caller places the lines."""
@@ -882,7 +882,7 @@ async def apply_plan_change_credit(
     actor_user_id: int | None = None,
 ) -> list[LineItem]:
     """Compute the credit of ``credit_for_plan_change`` and place each line where the
-    policy puts additional charges and credit (SPEC §5.4) — the pending invoice, or a
+    policy puts additional charges and credit (rules §5.4) — the pending invoice, or a
     new due-today invoice that becomes a credit note when it finalizes."""
     owed = await credit_for_plan_change(
         session,
@@ -924,7 +924,7 @@ def _unused_period_credit(
 ) -> CreditLineSpec | None:
     start, end = period.period_start, period.period_end
     assert start is not None and end is not None
-    # Plan lines carry inclusive period ends (Aug 15 – Aug 31 is 17 days, SPEC §8.2).
+    # Plan lines carry inclusive period ends (Aug 15 – Aug 31 is 17 days, rules §8.2).
     if new_end >= end:
         return None
     days_in_period = (end - start).days + 1
@@ -960,7 +960,7 @@ def _unused_period_credit(
     )
 
 
-# Finalization applies credit through this hook (SPEC §5.5); services.invoices keeps a
+# Finalization applies credit through this hook (rules §5.5); services.invoices keeps a
 # list instead of importing this module. The guard keeps a second registration (the
 # app's lifecycle does one too) from applying credit twice.
 if after_finalize not in invoices.AFTER_FINALIZE:

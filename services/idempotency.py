@@ -1,4 +1,4 @@
-"""Idempotency keys for money-moving mutations (SPEC §12.3).
+"""Idempotency keys for money-moving mutations (rules §12.3).
 
 ``run_idempotent`` runs a unit of work at most once per (organization, key): the
 record is inserted *first* in the work's own transaction, so the UNIQUE

@@ -1,6 +1,6 @@
 """Invoices: the account's pending drafts, their lines and totals, where additional
 charges land, finalization with gap-free numbers, removing lines, void and un-void,
-and manual invoices (SPEC §4).
+and manual invoices (rules §4).
 
 Conventions every function here keeps:
 
@@ -60,7 +60,7 @@ AfterFinalizeHook = Callable[
 ]
 # Called, in order, at the end of every ``finalize`` with
 # (session, org, invoice, now, apply_credit, automatic). ``services.credit`` registers
-# the credit application of SPEC §5.5 here; the list is empty by default.
+# the credit application of rules §5.5 here; the list is empty by default.
 AFTER_FINALIZE: list[AfterFinalizeHook] = []
 
 
@@ -413,7 +413,7 @@ async def place_additional_charge(
     actor_user_id: int | None = None,
 ) -> LineItem:
     """Put an additional charge (or, with a negative price, a credit) where the
-    policy says (SPEC §4.9, §5.4), never on a finalized invoice.
+    policy says (rules §4.9, §5.4), never on a finalized invoice.
 
     NEXT_PENDING_INVOICE: the pending invoice of the next billing date. NEW_INVOICE_DUE_
     TODAY: the account's pending due-today invoice of today (reused while it waits out
@@ -457,7 +457,7 @@ async def finalize(
     actor_user_id: int | None = None,
     keep_due_date: bool = False,
 ) -> Invoice:
-    """Freeze a PENDING invoice (SPEC §4.3, §4.4).
+    """Freeze a PENDING invoice (rules §4.3, §4.4).
 
     It takes the next number of its series under the organization lock — ``INV-000001``
     for invoices, ``CN-000001`` when the total is negative (a credit note) — and its
@@ -613,7 +613,7 @@ async def remove_line(
     *,
     actor_user_id: int | None = None,
 ) -> RemovedLine:
-    """Remove a line item (SPEC §4.7).
+    """Remove a line item (rules §4.7).
 
     From a PENDING invoice the line is deleted. From an UPCOMING/DUE/OVERDUE invoice
     with no payment and no credit allocated to it, the line moves onto a new VOID
@@ -749,7 +749,7 @@ async def void(
     *,
     actor_user_id: int | None = None,
 ) -> Invoice:
-    """Void an invoice (SPEC §4.6): a pending one, or a finalized one with no succeeded
+    """Void an invoice (rules §4.6): a pending one, or a finalized one with no succeeded
     payment and no live credit allocation in either direction (nor refunds drawn on
     it). It keeps its number; a credit note's credit_note_status becomes VOID too."""
     await lock_account(session, org.id, invoice.account_id)
@@ -846,7 +846,7 @@ async def unvoid(
     *,
     actor_user_id: int | None = None,
 ) -> Invoice:
-    """Un-void (SPEC §4.6): back to the status its dates and balance give. A voided
+    """Un-void (rules §4.6): back to the status its dates and balance give. A voided
     pending invoice becomes PENDING again unless the account has since got another
     pending invoice for that due date. The VOID trail of a removed line stays void."""
     await lock_account(session, org.id, invoice.account_id)
@@ -938,16 +938,16 @@ async def create_manual_invoice(
     apply_credit: bool = True,
     actor_user_id: int | None = None,
 ) -> Invoice:
-    """An admin's manual invoice for an active account (SPEC §4.8).
+    """An admin's manual invoice for an active account (rules §4.8).
 
     The rule: with no due date (or today's) the lines go on the account's due-today
     invoice, which finalizes per the grace rule — at once when the grace is zero or
     ``finalize_now`` is set. With a later date and no ``finalize_now`` they go on the
-    account's pending invoice due that date (one pending invoice per due date, SPEC
+    account's pending invoice due that date (one pending invoice per due date, rules
     §4.2), which finalizes at the start of that day. With a later date and
     ``finalize_now`` the invoice is kept apart from the billing-date one, finalized now
     and keeps the chosen due date (UPCOMING). A past due date is refused. A manual
-    finalization applies available credit when ``apply_credit`` (SPEC §5.5).
+    finalization applies available credit when ``apply_credit`` (rules §5.5).
     """
     if not lines:
         raise ValidationError("A manual invoice needs at least one charge or credit line.")

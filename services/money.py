@@ -26,7 +26,7 @@ _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "AUD": "A$", "CA
 EXPONENTS: dict[str, int] = _EXPONENTS
 SYMBOLS: dict[str, str] = _SYMBOLS
 
-# SPEC §2.2: an amount beyond 10^12 major units is refused.
+# rules §2.2: an amount beyond 10^12 major units is refused.
 MAX_MAJOR_UNITS = 10**12
 PPM = 1_000_000  # tax rates are parts per million (percent with four decimals)
 # A line's quantity: the column is a 32-bit integer, and no desk is sold by the million.
@@ -151,12 +151,12 @@ def tax_rate_percent(ppm: int) -> Decimal:
 
 
 def tax(amount: int, rate_ppm: int) -> int:
-    """Exclusive tax on one line, rounded half-up to the minor unit (SPEC §2.3)."""
+    """Exclusive tax on one line, rounded half-up to the minor unit (rules §2.3)."""
     return round_half_up(amount * rate_ppm, PPM)
 
 
 def prorate(price: int, days_used: int, days_in_period: int) -> int:
-    """``price ÷ days_in_period × days_used``, rounded half-up (SPEC §8.2)."""
+    """``price ÷ days_in_period × days_used``, rounded half-up (rules §8.2)."""
     if not 0 <= days_used <= days_in_period:
         raise ValueError("days_used must lie within the period")
     return round_half_up(price * days_used, days_in_period)

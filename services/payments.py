@@ -1,4 +1,4 @@
-"""Payments into invoices (SPEC §6): offline payments, card payments through the
+"""Payments into invoices (rules §6): offline payments, card payments through the
 gateway (member pay-now, admin charge-now, auto-pay), and the one function that moves
 a card payment along from the gateway's PaymentIntent.
 
@@ -67,7 +67,7 @@ Sessionmaker = async_sessionmaker[AsyncSession]
 ABANDON_AFTER = timedelta(minutes=30)
 # A PENDING row older than this whose gateway call never answered is asked about again.
 RECONCILE_AFTER = timedelta(minutes=1)
-# SPEC §6.2: the first auto-pay charge plus one retry.
+# rules §6.2: the first auto-pay charge plus one retry.
 MAX_AUTOPAY_ATTEMPTS = 2
 OVERPAYMENT_ORIGIN = "OVERPAYMENT"
 
@@ -210,7 +210,7 @@ async def record_payment(
     note: str | None = None,
     actor_user_id: int | None = None,
 ) -> Payment:
-    """Record an offline payment (SPEC §6.5) on an UPCOMING/DUE/OVERDUE invoice.
+    """Record an offline payment (rules §6.5) on an UPCOMING/DUE/OVERDUE invoice.
 
     Partial payments keep the invoice's status with a smaller balance; a full one makes
     it PAID. Whatever exceeds the balance becomes a credit note for the account
@@ -271,7 +271,7 @@ async def _credit_overpayment(
     excess: int,
     now: datetime,
 ) -> None:
-    """SPEC §5.2: the part of a payment beyond the balance becomes credit."""
+    """rules §5.2: the part of a payment beyond the balance becomes credit."""
     # Imported here so payments do not need the credit module at import time.
     from services.credit import issue_credit_note
 
@@ -675,7 +675,7 @@ async def start_card_payment(
     actor_user_id: int | None = None,
     idempotency_key: str | None = None,
 ) -> CardPayment:
-    """Member "pay now" (SPEC §6.3): a PaymentIntent for the invoice's balance, whose
+    """Member "pay now" (rules §6.3): a PaymentIntent for the invoice's balance, whose
     ``client_secret`` the app's card sheet confirms; the invoice is PROCESSING until
     the webhook (or 30 minutes without one) settles it. UPCOMING, DUE and OVERDUE
     invoices can be paid. Owns its transactions (takes a sessionmaker). With an
@@ -704,7 +704,7 @@ async def charge_now(
     actor_user_id: int | None = None,
     idempotency_key: str | None = None,
 ) -> Payment:
-    """Admin "charge now" (SPEC §6.3): charge a DUE/OVERDUE invoice's balance to the
+    """Admin "charge now" (rules §6.3): charge a DUE/OVERDUE invoice's balance to the
     account's saved card, off-session. A decline is not an exception: the returned
     payment is FAILED with the gateway's code and message (every attempt is a row).
     Owns its transactions (takes a sessionmaker)."""
@@ -834,7 +834,7 @@ async def abandon_stale_payments(
     org: Organization,
     now: datetime,
 ) -> list[Payment]:
-    """SPEC §6.3: a card payment still in flight 30 minutes after it started is
+    """rules §6.3: a card payment still in flight 30 minutes after it started is
     abandoned. The gateway is asked first — a payment that in fact succeeded or failed
     is recorded as such — and an open intent is canceled before the payment is."""
     if not gateway.enabled:
@@ -929,7 +929,7 @@ async def run_autopay(
     *,
     account_id: int | None = None,
 ) -> list[Payment]:
-    """SPEC §6.2: charge every eligible invoice off-session once, and once more
+    """rules §6.2: charge every eligible invoice off-session once, and once more
     ``autopay_retry_hours`` after a failure; then only manual payment is left.
     Each charge is its own pair of transactions, so a crash leaves at most a PENDING
     row that ``reconcile_payments`` completes. Does nothing when the gateway is off."""

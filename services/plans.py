@@ -1,4 +1,4 @@
-"""Plan templates, plan subscriptions and the periods they put on invoices (SPEC §8.2–8.3).
+"""Plan templates, plan subscriptions and the periods they put on invoices (rules §8.2–8.3).
 
 Plans bill in advance, in periods aligned to the organization's billing day: a
 MONTHLY, QUARTERLY or YEARLY plan's periods are 1, 3 or 12 months long and start on the
@@ -457,7 +457,7 @@ async def _trim_pending_lines(
     actor_user_id: int | None,
 ) -> None:
     """Lines still on pending invoices are simply cut back to ``last_day`` (no credit
-    is due for what was never invoiced, SPEC §5.3)."""
+    is due for what was never invoiced, rules §5.3)."""
     kinds = [LineKind.PLAN]
     if fees_too:
         kinds += [LineKind.SETUP_FEE, LineKind.DEPOSIT]
@@ -565,8 +565,8 @@ async def update_end_date(
     back (prorated); periods already invoiced and paid are credited per
     ``credit_unused_periods`` (default: the organization's policy) through
     ``services.credit.credit_for_plan_change``, the credit placed like any other
-    (SPEC §5.4), with an optional ``deposit_return``. Invoiced-but-unpaid periods stay
-    (the admin may remove their lines, SPEC §4.7). Later: the billing run bills the
+    (rules §5.4), with an optional ``deposit_return``. Invoiced-but-unpaid periods stay
+    (the admin may remove their lines, rules §4.7). Later: the billing run bills the
     added days. An ENDED plan whose end moves past today is active again.
     """
     account = await lock_account(session, org.id, subscription.account_id)

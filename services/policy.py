@@ -1,4 +1,4 @@
-"""Organizations and their invoice policy (SPEC §3).
+"""Organizations and their invoice policy (rules §3).
 
 ``create_organization`` makes a tenant; ``update_policy`` changes its settings under
 the organization row lock. The billing day is fixed once any invoice exists (every
@@ -23,7 +23,7 @@ from services.errors import ConflictError, InvalidStateError, NotFoundError, Val
 from services.events import EventType
 from services.locks import lock_organization
 
-# The settings of SPEC §3, by their engine names, with what each must be.
+# The settings of rules §3, by their engine names, with what each must be.
 POLICY_FIELDS = (
     "billing_day",
     "timezone",
@@ -110,7 +110,7 @@ async def create_organization(
     sandbox: bool = False,
     **policy: Any,
 ) -> Organization:
-    """A new tenant with its currency and, optionally, policy settings (SPEC §3).
+    """A new tenant with its currency and, optionally, policy settings (rules §3).
     A ``sandbox`` space is one for trying things out."""
     name = name.strip()
     if not name:

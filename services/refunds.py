@@ -1,4 +1,4 @@
-"""Refunds (SPEC §7). A refund always draws on credit, so the refunded invoice stays
+"""Refunds (rules §7). A refund always draws on credit, so the refunded invoice stays
 PAID and the books balance:
 
 * ``refund_payment`` issues a credit note for the amount ("Refund of payment …",
@@ -294,7 +294,7 @@ async def refund_payment(
     actor_user_id: int | None = None,
     idempotency_key: str | None = None,
 ) -> Refund:
-    """Refund part or all of a succeeded card payment (SPEC §7.1): a credit note for
+    """Refund part or all of a succeeded card payment (rules §7.1): a credit note for
     the amount is issued and consumed by a gateway refund on that payment. The refund
     is PENDING until the gateway (or its webhook) says otherwise. Owns its
     transactions (takes a sessionmaker)."""
@@ -353,7 +353,7 @@ async def refund_credit(
     idempotency_key: str | None = None,
 ) -> list[Refund]:
     """Refund ``amount`` of a credit note's available credit onto the account's most
-    recent refundable card payments (SPEC §7.1), one refund per payment drawn on.
+    recent refundable card payments (rules §7.1), one refund per payment drawn on.
     Owns its transactions (takes a sessionmaker)."""
     _positive(amount)
     if not gateway.enabled:
@@ -630,7 +630,7 @@ async def record_refund(
     reason: str | None = None,
     actor_user_id: int | None = None,
 ) -> Refund:
-    """Record an offline refund (SPEC §7.3: cash back, bank transfer), SUCCEEDED at
+    """Record an offline refund (rules §7.3: cash back, bank transfer), SUCCEEDED at
     once — it is recorded, not executed. Give exactly one of ``payment_id`` (a credit
     note "Refund of payment …" is issued and consumed, as for a card refund) or
     ``credit_note_id`` (its available credit is paid out). Does not commit."""

@@ -1,4 +1,4 @@
-"""Stripe webhooks (SPEC §6.4): verify, de-duplicate, and move payments and refunds
+"""Stripe webhooks (rules §6.4): verify, de-duplicate, and move payments and refunds
 to the state of the object the event carries.
 
 * The signature is checked against the raw body, and its timestamp against the

@@ -1,4 +1,4 @@
-"""Mutations of the billing engine (SPEC §3, §4, §8, §9): policy, accounts, plans,
+"""Mutations of the billing engine (rules §3, §4, §8, §9): policy, accounts, plans,
 bookings and charges, manual invoices and lines, finalize, void, the billing run."""
 
 from __future__ import annotations
@@ -431,7 +431,7 @@ async def _booking_change(
             session, org, pk_of(booking_id, "Booking", field="bookingId")
         )
         ensure_account_visible(who, booking.account_id)
-        # SPEC §5.2: a member's own cancellation always credits a paid booking.
+        # rules §5.2: a member's own cancellation always credits a paid booking.
         create = True if who.role == Role.MEMBER else create_credit
         result = await change(session, org, booking, create)
     credit = result.credit_line

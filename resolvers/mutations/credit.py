@@ -1,4 +1,4 @@
-"""Mutations of credit (SPEC §5): apply a credit note to an invoice, remove that
+"""Mutations of credit (rules §5): apply a credit note to an invoice, remove that
 allocation, move a credit line off a pending invoice, void a credit note, add custom
 credit, and apply the account's available credit to an invoice. Admins only.
 

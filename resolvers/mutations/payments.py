@@ -1,4 +1,4 @@
-"""Mutations that move money (SPEC §6, §7): offline payments and refunds, member
+"""Mutations that move money (rules §6, §7): offline payments and refunds, member
 pay-now and admin charge-now through the gateway, saving a card, card refunds.
 
 Two kinds of service sit underneath. Offline ones take a session, so they run in

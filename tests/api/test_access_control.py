@@ -1,5 +1,5 @@
 """Tenancy and roles: nobody reads across organizations, members read only their own
-accounts and teams, and a missing or bad token is UNAUTHENTICATED (SPEC §1)."""
+accounts and teams, and a missing or bad token is UNAUTHENTICATED (rules §1)."""
 
 from __future__ import annotations
 

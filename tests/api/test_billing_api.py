@@ -662,7 +662,7 @@ async def test_members_book_only_for_their_own_accounts_and_analysts_never_mutat
 
 async def test_every_mutation_writes_events(space: Space) -> None:
     """Each billing mutation, in an order that makes each one meaningful, adds to the
-    event log (SPEC §10.1: every state change is an event in the same transaction)."""
+    event log (rules §10.1: every state change is an event in the same transaction)."""
     seen: dict[str, list[str]] = {}
     _, cursor = await space.events_after(None)
 

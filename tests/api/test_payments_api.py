@@ -1,5 +1,5 @@
 """Payments and refunds through the real HTTP API and the real ``stripe`` library,
-against the fake Stripe (SPEC §6, §7, §12.3): auto-pay in the billing run with its one
+against the fake Stripe (rules §6, §7, §12.3): auto-pay in the billing run with its one
 retry, card refunds drawing on credit notes, idempotency keys under retries and
 concurrency, and the gateway switched off.
 

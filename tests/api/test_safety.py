@@ -1,4 +1,4 @@
-"""Safe defaults (SPEC §12): bounded queries, no GET, coded and masked errors."""
+"""Safe defaults (rules §12): bounded queries, no GET, coded and masked errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``POST /webhooks/stripe`` on a running server (SPEC §6.4): the fake Stripe signs
+"""``POST /webhooks/stripe`` on a running server (rules §6.4): the fake Stripe signs
 its events and POSTs them; the member's payment goes PROCESSING → PAID; duplicates
 and reordering leave one success; bad or stale signatures get 400 and change
 nothing; committed events are announced to subscribers."""

@@ -1,4 +1,4 @@
-"""The billing run (SPEC §9): a year of monthly invoices, idempotence, concurrent
+"""The billing run (rules §9): a year of monthly invoices, idempotence, concurrent
 workers, status transitions with once-only events, per-account atomicity."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Bookings and day passes: pricing, placement, blocking overdue accounts, and what
-cancelling or shortening does to the charge (SPEC §8.1, §5.2–5.3)."""
+cancelling or shortening does to the charge (rules §8.1, §5.2–5.3)."""
 
 from __future__ import annotations
 

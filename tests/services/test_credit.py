@@ -1,4 +1,4 @@
-"""Credit notes and credit allocations (SPEC §5), on SQLite and PostgreSQL.
+"""Credit notes and credit allocations (rules §5), on SQLite and PostgreSQL.
 
 The fixtures are built by inserting model rows directly (the small builder below), so
 these tests depend only on the data model and on services/credit.py.
@@ -682,7 +682,7 @@ async def test_plan_shortened_credits_paid_periods_after_the_new_end(
         sub = await _subscription(s, w, now)
         await _paid_plan_period(s, w, sub, date(2026, 8, 1), date(2026, 8, 31), 31_000, now)
         await _paid_plan_period(s, w, sub, date(2026, 9, 1), date(2026, 9, 30), 31_000, now)
-        # October is invoiced but not paid: its charge stays, no credit (SPEC §5.3).
+        # October is invoiced but not paid: its charge stays, no credit (rules §5.3).
         await _paid_plan_period(
             s, w, sub, date(2026, 10, 1), date(2026, 10, 31), 31_000, now, paid=False
         )

@@ -1,4 +1,4 @@
-"""Credit is never double-spent under concurrent requests (SPEC §5.7), on PostgreSQL.
+"""Credit is never double-spent under concurrent requests (rules §5.7), on PostgreSQL.
 
 Fifty allocations race for one $100 credit note, each in its own session and
 transaction. The account row lock serializes them, so whatever subset wins, the

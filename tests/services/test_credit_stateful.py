@@ -1,4 +1,4 @@
-"""A randomized simulation of credit and payments, checking SPEC §5.7 after every step.
+"""A randomized simulation of credit and payments, checking rules §5.7 after every step.
 
 Hypothesis drives random sequences of charges, credit notes, allocations, removals,
 automatic credit application, moved credit lines, offline payments, refunds drawn on

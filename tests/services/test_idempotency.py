@@ -1,4 +1,4 @@
-"""Idempotency keys (SPEC §12.3): the first result is returned to every retry with
+"""Idempotency keys (rules §12.3): the first result is returned to every retry with
 the same input, other input under the same key is a conflict, and twenty concurrent
 retries produce exactly one effect."""
 

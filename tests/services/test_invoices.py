@@ -1,5 +1,5 @@
 """Invoices: placement of charges, totals and tax, finalization and numbering,
-removing lines, void and un-void, manual invoices (SPEC §4)."""
+removing lines, void and un-void, manual invoices (rules §4)."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def test_tax_is_exclusive_and_rounded_half_up_per_line() -> None:
 
 
 def test_seed_proration_example() -> None:
-    # SPEC §8.2: $310/month starting Aug 15 → 310/31 × 17 = $170.00.
+    # rules §8.2: $310/month starting Aug 15 → 310/31 × 17 = $170.00.
     assert money.prorate(31_000, 17, 31) == 17_000
 
 

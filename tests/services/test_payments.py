@@ -1,4 +1,4 @@
-"""Payments (SPEC §6) at service level, card payments against the fake Stripe:
+"""Payments (rules §6) at service level, card payments against the fake Stripe:
 offline payments and overpayment credit, pay-now, charge-now, auto-pay with its one
 retry, abandoned payments, forward-only state, and 100 charges through a gateway
 that loses a fifth of its answers."""

@@ -1,5 +1,5 @@
 """Plans: the first invoice (proration, full period, fees), period alignment, end
-dates and cancellation (SPEC §8.2–8.3, §5.2–5.3)."""
+dates and cancellation (rules §8.2–8.3, §5.2–5.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Organizations and the invoice policy (SPEC §3)."""
+"""Organizations and the invoice policy (rules §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Refunds (SPEC §7): every refund draws on a credit note; card refunds execute at the
+"""Refunds (rules §7): every refund draws on a credit note; card refunds execute at the
 fake Stripe and settle by webhook; failed ones give their credit back; nothing is
 ever refunded twice."""
 
