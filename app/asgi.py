@@ -94,6 +94,13 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
         context: RequestContext = kwargs["context"]
         if context.token is None:
             return await super().execute_operation(*args, **kwargs)
+        # A pool that has no connection to give raises out of here, and the edge
+        # middleware answers it (503, SERVICE_BUSY, Retry-After).
+        return await self._on_one_connection(*args, **kwargs)
+
+    async def _on_one_connection(self, *args: Any, **kwargs: Any) -> Any:
+        context: RequestContext = kwargs["context"]
+        assert context.token is not None
         async with _read_connection(self.state.read_engine) as connection:
             context.connection = connection
             try:

@@ -24,6 +24,7 @@ from app.settings import DatabaseLimits, async_database_url
 # SQLSTATEs that mean "not now", not "wrong": a lock or statement deadline passed,
 # or the server ended the session (restart, pg_terminate_backend, idle timeout).
 LOCK_NOT_AVAILABLE = "55P03"
+TOO_MANY_CONNECTIONS = "53300"
 QUERY_CANCELED = "57014"
 IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
 SERVER_GONE_PREFIXES = ("08", "57P")
@@ -149,6 +150,8 @@ def _busy_reason(error: BaseException) -> str | None:
         return "The database is out of capacity right now; nothing was changed. Try again shortly."
     if error.connection_invalidated or state.startswith(SERVER_GONE_PREFIXES):
         return "The connection to the database was lost; try again in a moment."
+    if state == TOO_MANY_CONNECTIONS:
+        return "The service is busy: the database takes no more connections now. Try again shortly."
     if state == IDLE_IN_TRANSACTION_TIMEOUT:
         return "The database ended an idle transaction; try again."
     if isinstance(error, exc.OperationalError) and "database is locked" in str(error.orig):

@@ -334,6 +334,7 @@ async def test_the_dataloader_path_still_costs_a_fixed_number_of_statements(
                                token=world.tokens["admin"])  # fmt: skip
         plain.stop_counting()
         assert len(body["data"]["invoices"]["nodes"]) == size
-        counts.append(len(seen))
+        # The event hub may read the log meanwhile (it heard the inserts above).
+        counts.append(len([s for s in seen if "FROM events" not in s]))
     # The token's user, the page, accounts, lines and payments: one batch each.
     assert counts == [5, 5], counts
