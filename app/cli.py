@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--force", action="store_true", help="add demo data even if not empty")
 
     bill = sub.add_parser("bill", help="run the billing clock once for an instant")
-    bill.add_argument("--as-of", type=_parse_instant, default=None)
+    bill.add_argument(
+        "--as-of",
+        type=_parse_instant,
+        default=None,
+        help="now (the default) or a past instant to catch up to; not the future",
+    )
     bill.add_argument("--json", action="store_true", help="print one JSON object for scripts")
 
     sub.add_parser("worker", help="run the billing clock without serving HTTP")
@@ -105,8 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "bill":
         from app import bill_command
+        from services.clock import refuse_future
+        from services.errors import ValidationError
 
-        as_of = args.as_of or datetime.now(UTC)
+        now = datetime.now(UTC)
+        try:
+            as_of = refuse_future(args.as_of or now, now, "--as-of")
+        except ValidationError as refused:
+            print(refused.message, file=sys.stderr)
+            return 2
         return bill_command.run(settings, as_of, as_json=args.json)
     if args.command == "worker":
         from app.lifecycle import run_worker

@@ -10,6 +10,13 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from services.errors import ValidationError
+
+# How far ahead of a live organization's clock (the wall clock) a billing run may be
+# asked for: enough for a caller's clock running a little fast, too little to finalize
+# tomorrow's invoices or make anything due early by more than these minutes.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
@@ -44,3 +51,17 @@ def local_date(instant: datetime, timezone: str) -> date:
 def start_of_day(day: date, timezone: str) -> datetime:
     """The UTC instant at which ``day`` begins in ``timezone``."""
     return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone)).astimezone(UTC)
+
+
+def refuse_future(instant: datetime, now: datetime, name: str = "asOf") -> datetime:
+    """``instant`` if it is not after ``now`` (plus ``MAX_CLOCK_SKEW``); otherwise a
+    VALIDATION error that changes nothing. A past instant is a catch-up."""
+    if instant > now + MAX_CLOCK_SKEW:
+        minutes = int(MAX_CLOCK_SKEW.total_seconds() // 60)
+        raise ValidationError(
+            f"`{name}` {instant.astimezone(UTC).isoformat()} is in the future: a live "
+            f"organization's clock is the wall clock ({now.astimezone(UTC).isoformat()}), "
+            f"so billing runs for now or a past instant (at most {minutes} minutes ahead).",
+            field=name,
+        )
+    return instant

@@ -28,6 +28,19 @@ def unpaid_status(due_date: date, today: date, overdue_after_days: int) -> Invoi
     return InvoiceStatus.UPCOMING
 
 
+def unpaid_status_now(invoice: Invoice, today: date, overdue_after_days: int) -> InvoiceStatus:
+    """``unpaid_status`` that never goes back: once an invoice has become due (or
+    overdue) it stays at least DUE (or OVERDUE). A catch-up billing run, a run a few
+    minutes ahead within the allowed skew, or a mutation stamped a moment earlier
+    would otherwise derive an earlier status and move it backwards."""
+    target = unpaid_status(invoice.due_date, today, overdue_after_days)
+    if invoice.became_overdue_at is not None:
+        return InvoiceStatus.OVERDUE
+    if invoice.became_due_at is not None and target == InvoiceStatus.UPCOMING:
+        return InvoiceStatus.DUE
+    return target
+
+
 def settle(
     session: AsyncSession,
     invoice: Invoice,
@@ -53,9 +66,7 @@ def settle(
     if invoice.balance_due <= 0:
         target = InvoiceStatus.PAID
     else:
-        target = unpaid_status(
-            invoice.due_date, local_date(now, org.timezone), org.overdue_after_days
-        )
+        target = unpaid_status_now(invoice, local_date(now, org.timezone), org.overdue_after_days)
     mark_milestones(session, invoice, target, now)
     if target != before:
         set_status(session, invoice, target, now, actor_user_id=actor_user_id)

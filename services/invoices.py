@@ -46,7 +46,7 @@ from services import events, money
 from services.clock import local_date, start_of_day
 from services.errors import InvalidStateError, NotFoundError, ValidationError
 from services.events import EventType
-from services.invoice_status import mark_milestones, set_status, settle, unpaid_status
+from services.invoice_status import mark_milestones, set_status, settle, unpaid_status_now
 from services.locks import lock_account, lock_invoice, lock_organization
 
 INVOICE_PREFIX = "INV-"
@@ -537,7 +537,7 @@ async def finalize(
     elif invoice.total == 0:
         set_status(session, invoice, InvoiceStatus.PAID, now, actor_user_id=actor_user_id)
     else:
-        target = unpaid_status(invoice.due_date, today, org.overdue_after_days)
+        target = unpaid_status_now(invoice, today, org.overdue_after_days)
         mark_milestones(session, invoice, target, now)
         set_status(session, invoice, target, now, actor_user_id=actor_user_id)
     await session.flush()
@@ -884,7 +884,7 @@ async def unvoid(
         if owed <= 0:
             target = InvoiceStatus.PAID
         else:
-            target = unpaid_status(invoice.due_date, today, org.overdue_after_days)
+            target = unpaid_status_now(invoice, today, org.overdue_after_days)
             mark_milestones(session, invoice, target, now)
         set_status(session, invoice, target, now, actor_user_id=actor_user_id)
     invoice.voided_at = None

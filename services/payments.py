@@ -58,7 +58,7 @@ from services.gateway import (
     PaymentGateway,
 )
 from services.idempotency import run_idempotent
-from services.invoice_status import mark_milestones, set_status, settle, unpaid_status
+from services.invoice_status import mark_milestones, set_status, settle, unpaid_status_now
 from services.locks import lock_account, lock_invoice
 from services.refunds import reconcile_refunds
 
@@ -417,9 +417,7 @@ async def _release_invoice(
     if invoice.balance_due <= 0:
         target = InvoiceStatus.PAID
     else:
-        target = unpaid_status(
-            invoice.due_date, local_date(now, org.timezone), org.overdue_after_days
-        )
+        target = unpaid_status_now(invoice, local_date(now, org.timezone), org.overdue_after_days)
     previous = invoice.status_before_processing
     invoice.status_before_processing = None
     mark_milestones(session, invoice, target, now)

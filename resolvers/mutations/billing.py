@@ -29,6 +29,7 @@ from resolvers.permissions import (
 from schema import inputs as i
 from schema import types as t
 from services import accounts, billing, bookings, invoices, plans, policy
+from services.clock import refuse_future
 from services.errors import ValidationError
 
 
@@ -375,12 +376,14 @@ class BillingMutations:
 
     @strawberry.mutation(
         description="Run the billing clock for an instant (default: now): finalize what is "
-        "due, move statuses, add plan periods. Idempotent."
+        "due, move statuses, add plan periods. Idempotent. An instant in the past is a "
+        "catch-up; one more than 5 minutes after now is refused (VALIDATION)."
     )
     async def run_billing(self, info: Info, as_of: datetime | None = None) -> i.BillingRun:
         who = require_admin(info)
         ctx = context(info)
-        instant = ctx.clock.now() if as_of is None else _instant(as_of, "asOf")
+        now = ctx.clock.now()
+        instant = now if as_of is None else refuse_future(_instant(as_of, "asOf"), now)
         result = await billing.run_billing(ctx.sessionmaker, who.organization_id, instant)
         await ctx.announce_latest(who.organization_id)
         ctx.reset_loaders()
