@@ -144,3 +144,59 @@ async def test_tax_rates_print_as_exact_decimals(api: Api, world: World) -> None
     assert rates["Meeting room"] == "8.25"
     assert rates["Hot desk, August"] == "0"
     assert all("E" not in rate for rate in rates.values())
+
+
+async def test_invoice_items_export_prints_every_row_as_the_python_rows_do(
+    api: Api, world: World
+) -> None:
+    """On PostgreSQL the database writes this export (COPY); its rows must be the very
+    text the row-by-row path prints: money with the currency's places, exact tax rates,
+    instants with and without microseconds, quoting of commas, quotes and newlines,
+    empty dates, and the same filters and scoping."""
+    from datetime import UTC, date, datetime
+
+    from app import exports
+    from app.auth import authenticate
+    from models import LineItem
+    from tests.api.conftest import SETTINGS
+
+    tricky = [
+        ('Desk, "corner"\nsecond line', 3, -1250, 5000, datetime(2026, 8, 3, 9, 5, 7, 120, UTC)),
+        ("Ünïcode café ☕", 1, 0, 200000, datetime(2026, 8, 4, tzinfo=UTC)),
+        ("", 2, 999999, 1, datetime(2026, 8, 5, 23, 59, 59, 999999, UTC)),
+    ]
+    async with api.state.sessionmaker.begin() as session:
+        for description, quantity, price, ppm, created in tricky:
+            session.add(LineItem(
+                organization_id=world.ids["org"], invoice_id=world.ids["due"], kind="CHARGE",
+                description=description, quantity=quantity, unit_price=price,
+                amount=price * quantity, tax_rate_ppm=ppm, tax=price // 7,
+                total=price * quantity + price // 7,
+                period_start=date(2026, 8, 1) if ppm == 5000 else None,
+                period_end=date(2026, 8, 31) if ppm == 5000 else None, created_at=created,
+            ))  # fmt: skip
+    filter_cls, statement, header, to_row = exports.EXPORTS["invoice-items"]
+    for user, flt in [
+        ("admin", None),
+        ("admin", {"kind": ["CHARGE"], "amount": {"max": "5000"}}),
+        ("alice", None),
+        ("bob", None),
+    ]:
+        status, text = await _export(api, "invoice-items", world.tokens[user], flt)
+        assert status == 200, text
+        async with api.state.sessionmaker() as session:
+            who = await authenticate(session, SETTINGS, world.tokens[user], api.state.clock.now())
+            stmt = statement(who, exports.to_input(filter_cls, flt))
+            rows = (await session.execute(stmt)).all()
+        expected = [header] + [
+            next(csv.reader(io.StringIO(exports._cells(to_row(row, who.currency))))) for row in rows
+        ]
+        assert list(csv.reader(io.StringIO(text))) == expected, (user, flt)
+        if api.state.read_sessionmaker.kw["bind"].dialect.name == "postgresql":
+            # PostgreSQL wrote the rows (COPY ends them with \n); only our header has \r\n.
+            assert text.count("\r\n") == 1, text
+    everything = _rows((await _export(api, "invoice-items", world.tokens["admin"]))[1])
+    printed = {r["description"]: (r["tax_rate"], r["unit_price"]) for r in everything}
+    assert printed['Desk, "corner"\nsecond line'] == ("0.5", "-12.50")
+    assert printed["Ünïcode café ☕"] == ("20", "0.00")
+    assert printed[""] == ("0.0001", "9999.99")
