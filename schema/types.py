@@ -76,6 +76,14 @@ class Organization(Node):
     sandbox: bool = strawberry.field(description="A space for trying things out.")
     pk: strawberry.Private[int]
 
+    @strawberry.field(
+        description="The organization's clock: the instant its billing, statuses and "
+        '"today" go by. A live organization\'s clock is the wall clock.'
+    )
+    def now(self, info: Info) -> datetime:
+        now: datetime = info.context.clock.now()
+        return now
+
     @strawberry.field
     async def invoice_policy(self, info: Info) -> InvoicePolicy:
         policy: InvoicePolicy = await _loaders(info).invoice_policy.load(self.pk)

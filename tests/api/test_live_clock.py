@@ -190,3 +190,11 @@ async def test_deskbill_bill_refuses_a_future_as_of(
     assert out == ""
     assert "`--as-of` 2036-12-01T00:00:00+00:00 is in the future" in err, err
     assert await row_counts(api) == before
+
+
+async def test_organization_now_is_the_clock_billing_goes_by(live: Space) -> None:
+    live.clock.set(at(2026, 8, 31, 23, 59))
+    data = await live.ok("{ organization { sandbox now invoicePolicy { timezone } } }")
+    assert data["organization"] == {
+        "sandbox": False, "now": "2026-08-31T23:59:00+00:00", "invoicePolicy": {"timezone": "UTC"},
+    }  # fmt: skip
