@@ -1,4 +1,5 @@
-"""CSV exports for BI tools (rules §11.3): invoices, invoice items and payments.
+"""CSV exports for BI tools (rules §11.3): invoices, invoice items, payments, credit
+notes and the event log.
 
 ``GET /exports/invoices.csv?filter={"status": ["DUE"]}`` takes the same filter as
 the GraphQL list (as JSON, GraphQL field names such as ``accountId``, the same strict
@@ -52,7 +53,7 @@ from strawberry.utils.str_converters import to_camel_case
 
 from app.auth import TokenError, authenticate, bearer_token
 from app.state import AppState
-from models import Account, Invoice, LineItem, Payment
+from models import Account, Event, Invoice, LineItem, Payment
 from resolvers import query
 from resolvers.context import Viewer
 from schema import filters as f
@@ -190,6 +191,25 @@ def _payment_row(row: Any, c: str) -> list[object]:
     ]  # fmt: skip
 
 
+def _credit_note_row(row: Any, c: str) -> list[object]:
+    note, name = row
+    return [
+        note.number, note.credit_note_status, note.status, note.account_id, name,
+        note.issue_date, c, money.to_decimal(-note.total, c),
+        money.to_decimal(note.credit_allocated, c), money.to_decimal(note.credit_refunded, c),
+        money.to_decimal(note.credit_remaining, c), note.created_at,
+    ]  # fmt: skip
+
+
+def _event_row(row: Any, c: str) -> list[object]:
+    (event,) = row
+    return [
+        event.id, event.type, event.created_at, event.account_id, event.invoice_id,
+        event.credit_note_id, event.payment_id, event.refund_id, event.actor_user_id,
+        json.dumps(event.payload, sort_keys=True, separators=(",", ":")),
+    ]  # fmt: skip
+
+
 EXPORTS: dict[str, tuple[type, Callable[[Viewer, Any], Select[Any]], list[str], Any]] = {
     "invoices": (
         f.InvoiceFilter,
@@ -222,6 +242,25 @@ EXPORTS: dict[str, tuple[type, Callable[[Viewer, Any], Select[Any]], list[str], 
          "applied_amount", "refunded_amount", "received_on", "created_at", "succeeded_at",
          "error_code"],
         _payment_row,
+    ),
+    "credit-notes": (
+        f.CreditNoteFilter,
+        lambda who, flt: query.credit_notes_statement(who, flt)
+        .add_columns(Account.name)
+        .join(Account, Account.id == Invoice.account_id)
+        .order_by(Invoice.id),
+        ["number", "credit_status", "status", "account_id", "account_name", "issue_date",
+         "currency", "credit", "credit_allocated", "credit_refunded", "credit_remaining",
+         "created_at"],
+        _credit_note_row,
+    ),
+    # The event log, oldest first; ``payload`` is the event's JSON object.
+    "events": (
+        f.EventFilter,
+        lambda who, flt: query.events_statement(who, flt).order_by(Event.id),
+        ["sequence", "type", "created_at", "account_id", "invoice_id", "credit_note_id",
+         "payment_id", "refund_id", "actor_user_id", "payload"],
+        _event_row,
     ),
 }  # fmt: skip
 

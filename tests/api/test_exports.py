@@ -200,3 +200,55 @@ async def test_invoice_items_export_prints_every_row_as_the_python_rows_do(
     assert printed['Desk, "corner"\nsecond line'] == ("0.5", "-12.50")
     assert printed["Ünïcode café ☕"] == ("20", "0.00")
     assert printed[""] == ("0.0001", "9999.99")
+
+
+async def test_credit_notes_export_with_its_credit_and_the_graphs_filter(
+    api: Api, world: World
+) -> None:
+    status, text = await _export(api, "credit-notes", world.tokens["admin"])
+    assert status == 200, text
+    (note,) = _rows(text)
+    assert (note["number"], note["credit_status"], note["account_name"]) == (
+        "CN-000001", "AVAILABLE", "Alice",
+    )  # fmt: skip
+    assert (note["credit"], note["credit_allocated"], note["credit_refunded"]) == (
+        "50.00", "15.00", "25.00",
+    )  # fmt: skip
+    assert note["credit_remaining"] == "10.00"
+    _, none_left = await _export(
+        api, "credit-notes", world.tokens["admin"], {"credit": {"min": "60"}}
+    )
+    assert _rows(none_left) == []
+    _, bobs = await _export(api, "credit-notes", world.tokens["bob"])
+    assert _rows(bobs) == []  # Alice's note is not Bob's to see
+    status, text = await _export(api, "credit-notes", world.tokens["admin"], {"status": ["NEW"]})
+    assert status == 400 and "filter.status" in text
+
+
+async def test_event_log_export_oldest_first_scoped_and_filtered(api: Api, world: World) -> None:
+    from datetime import UTC, datetime
+
+    from models import Event
+
+    async with api.state.sessionmaker.begin() as session:
+        for account, kind, payload in [
+            ("alice_account", "invoice.finalized", {"number": "INV-9", "note": 'a "b", c'}),
+            ("bob_account", "payment.succeeded", {"amount": 1200}),
+            ("alice_account", "payment.succeeded", {}),
+        ]:
+            session.add(Event(
+                organization_id=world.ids["org"], type=kind, account_id=world.ids[account],
+                payload=payload, created_at=datetime(2026, 8, 20, tzinfo=UTC),
+            ))  # fmt: skip
+    _, text = await _export(api, "events", world.tokens["admin"])
+    rows = _rows(text)
+    assert [int(r["sequence"]) for r in rows] == sorted(int(r["sequence"]) for r in rows)
+    assert [r["type"] for r in rows][-3:] == [
+        "invoice.finalized", "payment.succeeded", "payment.succeeded",
+    ]  # fmt: skip
+    assert json.loads(rows[-3]["payload"]) == {"number": "INV-9", "note": 'a "b", c'}
+    _, bobs = await _export(api, "events", world.tokens["bob"])
+    assert {r["account_id"] for r in _rows(bobs)} == {str(world.ids["bob_account"])}
+    _, paid = await _export(api, "events", world.tokens["admin"], {"types": ["payment.succeeded"]})
+    assert {r["type"] for r in _rows(paid)} == {"payment.succeeded"}
+    assert len(_rows(paid)) >= 2
