@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     bill.add_argument("--json", action="store_true", help="print one JSON object for scripts")
 
     sub.add_parser("worker", help="run the billing clock without serving HTTP")
+    export = sub.add_parser("export", help="write an export's CSV (as /exports/KIND.csv)")
+    export.add_argument("kind", help="invoices, invoice-items, payments, credit-notes, events")
+    export.add_argument("--org", required=True, help="slug or id")
+    export.add_argument("--filter", default=None, help="the graph's filter as JSON")
+    export.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
     sub.add_parser("export-schema", help="print the GraphQL SDL")
     from app import provision
 
@@ -120,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             print(refused.message, file=sys.stderr)
             return 2
         return bill_command.run(settings, as_of, as_json=args.json)
+    if args.command == "export":
+        from app import export_command
+
+        return export_command.run(settings, args.kind, args.org, args.filter, args.output)
     if args.command == "worker":
         from app.lifecycle import run_worker
 

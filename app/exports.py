@@ -43,7 +43,7 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -348,12 +348,33 @@ async def copy_csv(engine: AsyncEngine, stmt: Select[Any]) -> AsyncGenerator[byt
                 await asyncio.gather(task, return_exceptions=True)
 
 
+async def export_text(
+    sessionmaker: async_sessionmaker[AsyncSession], kind: str, who: Viewer, stmt: Select[Any]
+) -> AsyncGenerator[str | bytes, None]:
+    """The CSV of export ``kind`` for ``stmt`` (its validated, scoped statement): the
+    header, then the rows, by COPY where PostgreSQL can write them."""
+    _, _, header, to_row = EXPORTS[kind]
+    yield _cells(header)
+    engine = sessionmaker.kw["bind"]
+    if kind in COPY_COLUMNS and engine.dialect.name == "postgresql":
+        text_stmt = stmt.with_only_columns(*COPY_COLUMNS[kind](who.currency))
+        # Closed here, in this task, even when the client goes away mid-way.
+        async with contextlib.aclosing(copy_csv(engine, text_stmt)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        return
+    async with sessionmaker() as session:
+        result = await session.stream(stmt.execution_options(yield_per=BATCH))
+        async for row in result:
+            yield _cells(to_row(row, who.currency))
+
+
 def export_routes(state: AppState) -> list[BaseRoute]:
     async def export(request: Request) -> Response:
         kind = request.path_params["kind"]
         if kind not in EXPORTS:
             return JSONResponse({"error": f"No export named {kind}."}, status_code=404)
-        filter_cls, statement, header, to_row = EXPORTS[kind]
+        filter_cls, statement, _, _ = EXPORTS[kind]
         try:
             token = bearer_token(request.headers.get("authorization"))
             if token is None:
@@ -373,23 +394,13 @@ def export_routes(state: AppState) -> list[BaseRoute]:
         except DomainError as bad:
             return JSONResponse({"error": bad.message, "code": bad.code}, status_code=400)
 
-        engine = state.read_sessionmaker.kw["bind"]
-        by_copy = kind in COPY_COLUMNS and engine.dialect.name == "postgresql"
-
         async def rows() -> AsyncIterator[str | bytes]:
-            yield _cells(header)
             try:
-                if by_copy:
-                    text_stmt = stmt.with_only_columns(*COPY_COLUMNS[kind](who.currency))
-                    # Closed here, in this task, even when the client goes away mid-way.
-                    async with contextlib.aclosing(copy_csv(engine, text_stmt)) as chunks:
-                        async for chunk in chunks:
-                            yield chunk
-                    return
-                async with state.read_sessionmaker() as session:
-                    result = await session.stream(stmt.execution_options(yield_per=BATCH))
-                    async for row in result:
-                        yield _cells(to_row(row, who.currency))
+                async with contextlib.aclosing(
+                    export_text(state.read_sessionmaker, kind, who, stmt)
+                ) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
             except Exception:
                 # The status line is long gone: the only honest signal left is to cut
                 # the connection before the terminating chunk, so the client's read

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,3 +214,35 @@ async def test_bill_on_a_terminal_shows_progress_then_a_summary(
     finalized = re.search(r"invoices finalized +(\d+)", text)
     assert finalized and int(finalized.group(1)) >= 2, text
     assert "BillingRunResult(" not in text
+
+
+async def test_export_command_writes_what_the_http_export_serves(
+    seeded: Seeded, env: dict[str, str], server: Server, tmp_path: Path
+) -> None:
+    """``deskbill export`` as the organization's analyst: the same rows as the
+    admin's download (both see the whole organization); a bad filter is refused."""
+    import httpx
+
+    target = tmp_path / "items.csv"
+    org = str(seeded.id("org"))
+    done = await asyncio.to_thread(
+        subprocess.run, deskbill("export", "invoice-items", "--org", org, "-o", str(target)),
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        served = await client.get(
+            "/exports/invoice-items.csv",
+            headers={"Authorization": f"Bearer {seeded.tokens['admin']}"},
+        )
+    assert served.status_code == 200
+    written = list(csv.reader(io.StringIO(target.read_text())))
+    assert written == list(csv.reader(io.StringIO(served.text)))
+    assert len(written) > 1 and written[0][0] == "line_id"
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        deskbill("export", "invoices", "--org", org, "--filter", '{"status": ["LATE"]}'),
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "filter.status[0]" in refused.stderr, refused.stderr
+    assert refused.stdout == ""
