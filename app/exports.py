@@ -1,5 +1,5 @@
 """CSV exports for BI tools (rules §11.3): invoices, invoice items, payments, credit
-notes and the event log.
+notes, refunds and the event log.
 
 ``GET /exports/invoices.csv?filter={"status": ["DUE"]}`` takes the same filter as
 the GraphQL list (as JSON, GraphQL field names such as ``accountId``, the same strict
@@ -53,7 +53,7 @@ from strawberry.utils.str_converters import to_camel_case
 
 from app.auth import TokenError, authenticate, bearer_token
 from app.state import AppState
-from models import Account, Event, Invoice, LineItem, Payment
+from models import Account, Event, Invoice, LineItem, Payment, Refund
 from resolvers import query
 from resolvers.context import Viewer
 from schema import filters as f
@@ -201,6 +201,15 @@ def _credit_note_row(row: Any, c: str) -> list[object]:
     ]  # fmt: skip
 
 
+def _refund_row(row: Any, c: str) -> list[object]:
+    refund, note_number = row
+    return [
+        refund.id, note_number, refund.account_id, refund.payment_id, refund.status,
+        refund.method, money.to_decimal(refund.amount, refund.currency), refund.currency,
+        refund.reason, refund.error_code, refund.created_at,
+    ]  # fmt: skip
+
+
 def _event_row(row: Any, c: str) -> list[object]:
     (event,) = row
     return [
@@ -253,6 +262,16 @@ EXPORTS: dict[str, tuple[type, Callable[[Viewer, Any], Select[Any]], list[str], 
          "currency", "credit", "credit_allocated", "credit_refunded", "credit_remaining",
          "created_at"],
         _credit_note_row,
+    ),
+    "refunds": (
+        f.RefundFilter,
+        lambda who, flt: query.refunds_statement(who, flt)
+        .add_columns(select(Invoice.number).where(Invoice.id == Refund.credit_note_id)
+                     .scalar_subquery())
+        .order_by(Refund.id),
+        ["refund_id", "credit_note_number", "account_id", "payment_id", "status", "method",
+         "amount", "currency", "reason", "error_code", "created_at"],
+        _refund_row,
     ),
     # The event log, oldest first; ``payload`` is the event's JSON object.
     "events": (

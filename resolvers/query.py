@@ -203,6 +203,22 @@ def invoice_items_statement(who: Viewer, flt: f.InvoiceItemFilter | None) -> Sel
     return select(LineItem).join(Invoice, Invoice.id == LineItem.invoice_id).where(*where)
 
 
+def refunds_statement(who: Viewer, flt: f.RefundFilter | None) -> Select[Any]:
+    flt = flt or f.RefundFilter()
+    where: list[Any] = [
+        Refund.organization_id == who.organization_id,
+        account_scope(who, Refund.account_id),
+    ]
+    if flt.status is not None:
+        where.append(Refund.status.in_(_values(flt.status)))
+    if flt.account_id is not None:
+        where.append(Refund.account_id.in_(pks_of(flt.account_id, "Account", field="accountId")))
+    if flt.payment_id is not None:
+        where.append(Refund.payment_id == pk_of(flt.payment_id, "Payment", field="paymentId"))
+    where += _instant_range(Refund.created_at, flt.created_at)
+    return select(Refund).where(*where)
+
+
 def payments_statement(who: Viewer, flt: f.PaymentFilter | None) -> Select[Any]:
     flt = flt or f.PaymentFilter()
     where: list[Any] = [
@@ -413,25 +429,10 @@ class Query(AnalyticsQuery):
         filter: f.RefundFilter | None = None,
         sort: f.RefundSort | None = None,
     ) -> Connection[t.Refund]:
-        who = viewer(info)
-        flt = filter or f.RefundFilter()
         sort = sort or f.RefundSort()
-        where: list[Any] = [
-            Refund.organization_id == who.organization_id,
-            account_scope(who, Refund.account_id),
-        ]
-        if flt.status is not None:
-            where.append(Refund.status.in_(_values(flt.status)))
-        if flt.account_id is not None:
-            where.append(
-                Refund.account_id.in_(pks_of(flt.account_id, "Account", field="accountId"))
-            )
-        if flt.payment_id is not None:
-            where.append(Refund.payment_id == pk_of(flt.payment_id, "Payment", field="paymentId"))
-        where += _instant_range(Refund.created_at, flt.created_at)
         return await paginate(
             context(info).read_sessionmaker,
-            select(Refund).where(*where),
+            refunds_statement(viewer(info), filter),
             _ordering(getattr(Refund, sort.field.value), Refund.id, direction=sort.direction),
             to_node=mapping.refund,
             **_connection_args(first, after),

@@ -252,3 +252,23 @@ async def test_event_log_export_oldest_first_scoped_and_filtered(api: Api, world
     _, paid = await _export(api, "events", world.tokens["admin"], {"types": ["payment.succeeded"]})
     assert {r["type"] for r in _rows(paid)} == {"payment.succeeded"}
     assert len(_rows(paid)) >= 2
+
+
+async def test_refunds_export_follows_the_graphs_filter_and_scoping(api: Api, world: World) -> None:
+    status, text = await _export(api, "refunds", world.tokens["admin"])
+    assert status == 200, text
+    (refund,) = _rows(text)
+    assert (refund["credit_note_number"], refund["status"], refund["method"]) == (
+        "CN-000001", "SUCCEEDED", "CARD",
+    )  # fmt: skip
+    assert (refund["amount"], refund["currency"], refund["reason"]) == (
+        "25.00",
+        "USD",
+        "Room closed",
+    )
+    _, failed = await _export(api, "refunds", world.tokens["admin"], {"status": ["FAILED"]})
+    assert _rows(failed) == []
+    _, bobs = await _export(api, "refunds", world.tokens["bob"])
+    assert _rows(bobs) == []
+    status, text = await _export(api, "refunds", world.tokens["admin"], {"paymentId": 3})
+    assert status == 400 and "filter.paymentId" in text
