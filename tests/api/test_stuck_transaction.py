@@ -80,9 +80,10 @@ async def status_of(engine: AsyncEngine, invoice_id: int) -> tuple[str, str | No
 
 
 async def test_a_stuck_transaction_costs_its_account_not_the_service(
-    tight: Api, engine: AsyncEngine
+    tight: Api, engine: AsyncEngine, clock: FixedClock
 ) -> None:
     world = await build_world(tight.state.sessionmaker, SETTINGS)
+    clock.set(AS_OF)  # a live organization's billing runs for now, not a future instant
     stuck_invoice = await due_charge(engine, world, "org", "bob_account")
     rival_invoice = await due_charge(engine, world, "rival", "mallory_account")
     async with create_sessionmaker(engine).begin() as session:
