@@ -12,6 +12,7 @@ them to the Python output).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from resolvers.compiled.catalog import Leaf
@@ -27,30 +28,33 @@ def quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class Dialect:
+class Dialect(ABC):
+    """What each database must render; ``Postgres`` and ``Sqlite`` below."""
+
     name = ""
 
-    def leaf(self, leaf: Leaf, sql: str, type_name: str) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def leaf(self, leaf: Leaf, sql: str, type_name: str) -> str: ...
 
-    def obj(self, pairs: Sequence[tuple[str, str]]) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def obj(self, pairs: Sequence[tuple[str, str]]) -> str: ...
 
-    def one(self, obj: str, table: str, alias: str, where: str) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def one(self, obj: str, table: str, alias: str, where: str) -> str: ...
 
-    def many(self, obj: str, table: str, alias: str, where: str, order: str) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def many(self, obj: str, table: str, alias: str, where: str, order: str) -> str: ...
 
-    def amount(self, minor: str, currency: str | None, viewer_currency: str) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def amount(self, minor: str, currency: str | None, viewer_currency: str) -> str: ...
 
-    def formatted(self, minor: str, currency: str | None, viewer_currency: str) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def formatted(self, minor: str, currency: str | None, viewer_currency: str) -> str: ...
 
+    @abstractmethod
     def text(self, obj: str) -> str:
         """The top-level object as a text column."""
-        raise NotImplementedError
+        ...
 
 
 class Postgres(Dialect):
