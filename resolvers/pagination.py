@@ -71,6 +71,8 @@ def _expected_type(key: Any) -> type | None:
     try:
         python_type: type = key.type.python_type
     except (AttributeError, NotImplementedError):
+        # SQLAlchemy's TypeEngine.python_type raises NotImplementedError for a type
+        # without a Python counterpart (an expression's NullType): no check to make.
         return None
     return python_type
 
