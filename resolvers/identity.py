@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import strawberry
-from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
 from models import ApiKey as ApiKeyRow
-from resolvers.mutations.common import organization
+from resolvers.mutations.common import transaction
 from resolvers.permissions import context, pk_of, require_admin
 from schema import identity_types as it
 from schema.ids import encode
@@ -39,15 +38,11 @@ class IdentityMutations:
         "which is never shown again; ANALYST keys only read."
     )
     async def create_api_key(self, info: Info, name: str, role: it.ApiKeyRole) -> it.CreatedApiKey:
-        who = require_admin(info)
-        ctx = context(info)
-        session: AsyncSession
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
+        require_admin(info)
+        async with transaction(info) as w:
             row, secret = await apikeys.create_api_key(
-                session, org, name=name, role=role.value, now=ctx.clock.now(),
-                actor_user_id=who.user_id,
-            )  # fmt: skip
+                w.session, w.org, name=name, role=role.value, now=w.now, actor_user_id=w.actor
+            )
             created = api_key(row)
         return it.CreatedApiKey(api_key=created, key=secret)
 
@@ -56,14 +51,10 @@ class IdentityMutations:
         "Revoking a revoked key changes nothing."
     )
     async def revoke_api_key(self, info: Info, id: strawberry.ID) -> it.ApiKey:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         pk = pk_of(id, "ApiKey", field="id")
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            row = await apikeys.find_api_key(session, org, key_id=pk)
-            row = await apikeys.revoke_api_key(
-                session, org, row, ctx.clock.now(), actor_user_id=who.user_id
-            )
+        async with transaction(info) as w:
+            row = await apikeys.find_api_key(w.session, w.org, key_id=pk)
+            row = await apikeys.revoke_api_key(w.session, w.org, row, w.now, actor_user_id=w.actor)
             revoked = api_key(row)
         return revoked

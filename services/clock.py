@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo
 
 from services.errors import ValidationError
+
+if TYPE_CHECKING:
+    from models import Organization
 
 # How far ahead of a live organization's clock (the wall clock) a billing run may be
 # asked for: enough for a caller's clock running a little fast, too little to finalize
@@ -41,6 +44,13 @@ class FixedClock:
 
     def advance(self, delta: timedelta) -> None:
         self.current += delta
+
+
+def organization_now(clock: Clock, org: Organization) -> datetime:
+    """What time it is for ``org``: the one answer every mutation, derived status and
+    event of that organization uses. A live organization runs on the wall clock (the
+    process's ``clock``)."""
+    return clock.now()
 
 
 def local_date(instant: datetime, timezone: str) -> date:

@@ -72,3 +72,52 @@ def test_no_import_circles() -> None:
         if module not in state:
             visit(module, [module])
     assert circles == []
+
+
+# What only resolvers/mutations/common.py may do: open the write transaction, read the
+# organization row and ask the process clock for now. Every other module that defines
+# mutations goes through its ``transaction``/``idempotent``/``reading`` and ``Work``,
+# so one change there (the organization's own clock, say) reaches every mutation.
+PATTERN_HOME = ROOT / "resolvers" / "mutations" / "common.py"
+
+
+def _by_hand_calls(tree: ast.AST) -> list[str]:
+    """``x.transaction()``, ``get_organization(...)`` and ``x.clock.now()`` calls (the
+    bare ``transaction(info)`` of common.py is the pattern itself)."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            owner = func.value
+            on_clock = isinstance(owner, ast.Attribute) and owner.attr == "clock"
+            if func.attr in ("transaction", "get_organization") or (
+                func.attr == "now" and on_clock
+            ):
+                found.append(f"{ast.unparse(func)}() line {node.lineno}")
+        elif isinstance(func, ast.Name) and func.id == "get_organization":
+            found.append(f"get_organization() line {node.lineno}")
+    return found
+
+
+def test_mutation_modules_use_the_one_pattern() -> None:
+    offenders = {}
+    for path in (ROOT / "resolvers").rglob("*.py"):
+        source = path.read_text()
+        if path == PATTERN_HOME or "strawberry.mutation" not in source:
+            continue
+        if calls := _by_hand_calls(ast.parse(source)):
+            offenders[str(path.relative_to(ROOT))] = calls
+    assert offenders == {}
+
+
+def test_the_pattern_check_sees_a_mutation_done_by_hand() -> None:
+    by_hand = ast.parse(
+        "async def m(info):\n"
+        "    async with context(info).transaction() as session:\n"
+        "        org = await get_organization(session, 1)\n"
+        "        now = ctx.clock.now()\n"
+    )
+    assert len(_by_hand_calls(by_hand)) == 3
+    assert _by_hand_calls(ast.parse("async with transaction(info) as w: pass")) == []

@@ -3,29 +3,25 @@ bookings and charges, manual invoices and lines, finalize, void, the billing run
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
 from strawberry.types import Info
 
-from models import AccountKind, Role
+from models import AccountKind, Booking, Invoice, Role
 from resolvers import mapping
+from resolvers.context import Viewer
 from resolvers.mutations.common import (
-    account_pk,
+    Work,
     amount,
     optional_amount,
-    organization,
+    reading,
     tax_rate,
+    transaction,
 )
-from resolvers.permissions import (
-    context,
-    ensure_account_visible,
-    pk_of,
-    require_admin,
-    require_writer,
-    viewer,
-)
+from resolvers.permissions import context, pk_of, require_admin, require_writer
 from schema import inputs as i
 from schema import types as t
 from services import accounts, billing, bookings, invoices, plans, policy
@@ -46,7 +42,6 @@ class BillingMutations:
         self, info: Info, input: i.InvoicePolicyInput
     ) -> t.InvoicePolicy:
         who = require_admin(info)
-        ctx = context(info)
         changes: dict[str, Any] = {
             key: value
             for key, value in vars(input).items()
@@ -56,30 +51,26 @@ class BillingMutations:
             changes["additional_charges"] = input.additional_charges.value
         if input.default_tax_rate is not None:
             changes["default_tax_rate_ppm"] = tax_rate(input.default_tax_rate)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            await policy.update_policy(
-                session, org, ctx.clock.now(), actor_user_id=who.user_id, **changes
-            )
-        result: t.InvoicePolicy = await ctx.loaders.invoice_policy.load(who.organization_id)
+        async with transaction(info) as w:
+            await policy.update_policy(w.session, w.org, w.now, actor_user_id=w.actor, **changes)
+        loaders = context(info).loaders
+        result: t.InvoicePolicy = await loaders.invoice_policy.load(who.organization_id)
         return result
 
     @strawberry.mutation
     async def create_user(self, info: Info, input: i.CreateUserInput) -> i.CreateUserPayload:
-        who = require_admin(info)
-        ctx = context(info)
-        now = ctx.clock.now()
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
+        require_admin(info)
+        async with transaction(info) as w:
             user = await accounts.create_user(
-                session, org, email=input.email, name=input.name, role=Role(input.role.value),
-                now=now, actor_user_id=who.user_id, external_subject=input.external_subject,
+                w.session, w.org, email=input.email, name=input.name,
+                role=Role(input.role.value), now=w.now, actor_user_id=w.actor,
+                external_subject=input.external_subject,
             )  # fmt: skip
             account = None
             if input.with_account:
                 account = await accounts.create_account(
-                    session, org, kind=AccountKind.USER, user=user, now=now,
-                    actor_user_id=who.user_id,
+                    w.session, w.org, kind=AccountKind.USER, user=user, now=w.now,
+                    actor_user_id=w.actor,
                 )  # fmt: skip
         return i.CreateUserPayload(
             user=mapping.user(user), account=mapping.account(account) if account else None
@@ -87,19 +78,13 @@ class BillingMutations:
 
     @strawberry.mutation
     async def create_account(self, info: Info, input: i.CreateAccountInput) -> t.Account:
-        who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            owner = None
-            if input.user_id is not None:
-                owner = await accounts.get_user(
-                    session, org, pk_of(input.user_id, "User", field="userId")
-                )
+        require_admin(info)
+        async with transaction(info) as w:
+            owner = None if input.user_id is None else await w.user(input.user_id)
             account = await accounts.create_account(
-                session, org, kind=AccountKind(input.kind.value), name=input.name,
-                email=input.email, user=owner, autopay=input.autopay, now=ctx.clock.now(),
-                actor_user_id=who.user_id,
+                w.session, w.org, kind=AccountKind(input.kind.value), name=input.name,
+                email=input.email, user=owner, autopay=input.autopay, now=w.now,
+                actor_user_id=w.actor,
             )  # fmt: skip
         return mapping.account(account)
 
@@ -107,14 +92,12 @@ class BillingMutations:
     async def update_account(
         self, info: Info, account_id: strawberry.ID, input: i.UpdateAccountInput
     ) -> t.Account:
-        who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            account = await accounts.get_account(session, org, account_pk(who, account_id))
+        require_admin(info)
+        async with transaction(info) as w:
+            account = await w.account(account_id)
             await accounts.update_account(
-                session, org, account, ctx.clock.now(), name=input.name, email=input.email,
-                active=input.active, actor_user_id=who.user_id,
+                w.session, w.org, account, w.now, name=input.name, email=input.email,
+                active=input.active, actor_user_id=w.actor,
             )  # fmt: skip
         return mapping.account(account)
 
@@ -132,98 +115,80 @@ class BillingMutations:
 
     @strawberry.mutation(description="Turn auto-pay on or off (members: their own accounts).")
     async def set_autopay(self, info: Info, account_id: strawberry.ID, enabled: bool) -> t.Account:
-        who = require_writer(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            account = await accounts.get_account(session, org, account_pk(who, account_id))
+        require_writer(info)
+        async with transaction(info) as w:
+            account = await w.account(account_id)
             await accounts.set_autopay(
-                session, org, account, enabled, ctx.clock.now(), actor_user_id=who.user_id
+                w.session, w.org, account, enabled, w.now, actor_user_id=w.actor
             )
         return mapping.account(account)
 
     @strawberry.mutation
     async def create_plan_template(self, info: Info, input: i.PlanTemplateInput) -> t.PlanTemplate:
         who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
+        price = amount(input.price, who, "price")
+        setup_fee = amount(input.setup_fee, who, "setupFee")
+        deposit = amount(input.deposit, who, "deposit")
+        async with transaction(info) as w:
             template = await plans.create_plan_template(
-                session, org, name=input.name, price=amount(input.price, who, "price"),
-                interval=input.interval, now=ctx.clock.now(),
-                setup_fee=amount(input.setup_fee, who, "setupFee"),
-                deposit=amount(input.deposit, who, "deposit"),
-                tax_rate_ppm=tax_rate(input.tax_rate), actor_user_id=who.user_id,
+                w.session, w.org, name=input.name, price=price, interval=input.interval,
+                now=w.now, setup_fee=setup_fee, deposit=deposit,
+                tax_rate_ppm=tax_rate(input.tax_rate), actor_user_id=w.actor,
             )  # fmt: skip
         return mapping.plan_template(template, who.currency)
 
     @strawberry.mutation(description="Put an account on a plan; its first invoice is made now.")
     async def subscribe_to_plan(self, info: Info, input: i.SubscribeInput) -> t.PlanSubscription:
         who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            account = await accounts.get_account(session, org, account_pk(who, input.account_id))
-            template = await plans.get_template(
-                session, org, pk_of(input.plan_template_id, "PlanTemplate", field="planTemplateId")
-            )
+        async with transaction(info) as w:
+            account = await w.account(input.account_id)
+            template = await w.plan_template(input.plan_template_id)
             subscription = await plans.subscribe(
-                session, org, account, template, input.start_date, ctx.clock.now(),
-                end_date=input.end_date, actor_user_id=who.user_id,
+                w.session, w.org, account, template, input.start_date, w.now,
+                end_date=input.end_date, actor_user_id=w.actor,
             )  # fmt: skip
         return mapping.plan_subscription(subscription, who.currency)
 
     @strawberry.mutation(description="Move a plan's end date; earlier ends may credit paid days.")
     async def change_plan_end_date(self, info: Info, input: i.PlanEndInput) -> t.PlanSubscription:
         who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            subscription = await plans.get_subscription(
-                session, org,
-                pk_of(input.plan_subscription_id, "PlanSubscription", field="planSubscriptionId"),
-            )  # fmt: skip
+        deposit_return = amount(input.deposit_return, who, "depositReturn")
+        async with transaction(info) as w:
+            subscription = await w.plan_subscription(input.plan_subscription_id)
             change = await plans.update_end_date(
-                session, org, subscription, input.end_date, ctx.clock.now(),
+                w.session, w.org, subscription, input.end_date, w.now,
                 credit_unused_periods=input.credit_unused_periods,
-                deposit_return=amount(input.deposit_return, who, "depositReturn"),
-                actor_user_id=who.user_id,
+                deposit_return=deposit_return, actor_user_id=w.actor,
             )  # fmt: skip
         return mapping.plan_subscription(change.subscription, who.currency)
 
     @strawberry.mutation(description="Cancel a plan (today, or after a given last day).")
     async def cancel_plan(self, info: Info, input: i.PlanEndInput) -> t.PlanSubscription:
         who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            subscription = await plans.get_subscription(
-                session, org,
-                pk_of(input.plan_subscription_id, "PlanSubscription", field="planSubscriptionId"),
-            )  # fmt: skip
+        deposit_return = amount(input.deposit_return, who, "depositReturn")
+        async with transaction(info) as w:
+            subscription = await w.plan_subscription(input.plan_subscription_id)
             change = await plans.cancel(
-                session, org, subscription, ctx.clock.now(), last_day=input.end_date,
+                w.session, w.org, subscription, w.now, last_day=input.end_date,
                 credit_unused_periods=input.credit_unused_periods,
-                deposit_return=amount(input.deposit_return, who, "depositReturn"),
-                actor_user_id=who.user_id,
+                deposit_return=deposit_return, actor_user_id=w.actor,
             )  # fmt: skip
         return mapping.plan_subscription(change.subscription, who.currency)
 
     @strawberry.mutation(description="Book a resource; members may book for their own accounts.")
     async def create_booking(self, info: Info, input: i.CreateBookingInput) -> t.Booking:
         who = require_writer(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            account = await accounts.get_account(session, org, account_pk(who, input.account_id))
+        starts_at = _instant(input.starts_at, "startsAt")
+        ends_at = _instant(input.ends_at, "endsAt")
+        price = optional_amount(input.price, who, "price")
+        hourly_rate = optional_amount(input.hourly_rate, who, "hourlyRate")
+        async with transaction(info) as w:
+            account = await w.account(input.account_id)
             booking = await bookings.create_booking(
-                session, org, account, resource_name=input.resource_name,
-                starts_at=_instant(input.starts_at, "startsAt"),
-                ends_at=_instant(input.ends_at, "endsAt"), now=ctx.clock.now(),
-                price=optional_amount(input.price, who, "price"),
-                hourly_rate=optional_amount(input.hourly_rate, who, "hourlyRate"),
-                tax_rate_ppm=tax_rate(input.tax_rate), booked_by_user_id=who.user_id,
-                actor_user_id=who.user_id,
+                w.session, w.org, account, resource_name=input.resource_name,
+                starts_at=starts_at, ends_at=ends_at, now=w.now, price=price,
+                hourly_rate=hourly_rate, tax_rate_ppm=tax_rate(input.tax_rate),
+                booked_by_user_id=w.actor, actor_user_id=w.actor,
             )  # fmt: skip
         return mapping.booking(booking, who.currency)
 
@@ -235,10 +200,12 @@ class BillingMutations:
         ends_at: datetime,
         create_credit: bool = True,
     ) -> i.BookingChangePayload:
-        async def change(session: Any, org: Any, booking: Any, create: bool) -> Any:
+        new_end = _instant(ends_at, "endsAt")
+
+        async def change(w: Work, booking: Booking, create: bool) -> bookings.BookingChange:
             return await bookings.shorten_booking(
-                session, org, booking, _instant(ends_at, "endsAt"), context(info).clock.now(),
-                create_credit=create, actor_user_id=viewer(info).user_id,
+                w.session, w.org, booking, new_end, w.now, create_credit=create,
+                actor_user_id=w.actor,
             )  # fmt: skip
 
         return await _booking_change(info, booking_id, create_credit, change)
@@ -250,76 +217,65 @@ class BillingMutations:
     async def cancel_booking(
         self, info: Info, booking_id: strawberry.ID, create_credit: bool = True
     ) -> i.BookingChangePayload:
-        async def change(session: Any, org: Any, booking: Any, create: bool) -> Any:
+        async def change(w: Work, booking: Booking, create: bool) -> bookings.BookingChange:
             return await bookings.cancel_booking(
-                session, org, booking, context(info).clock.now(), create_credit=create,
-                actor_user_id=viewer(info).user_id,
-            )  # fmt: skip
+                w.session, w.org, booking, w.now, create_credit=create, actor_user_id=w.actor
+            )
 
         return await _booking_change(info, booking_id, create_credit, change)
 
     @strawberry.mutation(description="Check an account in for a day pass at the given rate.")
     async def check_in_day_pass(self, info: Info, input: i.DayPassInput) -> t.LineItem | None:
         who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            account = await accounts.get_account(session, org, account_pk(who, input.account_id))
+        price = amount(input.price, who, "price")
+        async with transaction(info) as w:
+            account = await w.account(input.account_id)
             line = await bookings.check_in_day_pass(
-                session, org, account, price=amount(input.price, who, "price"),
-                now=ctx.clock.now(), description=input.description,
-                tax_rate_ppm=tax_rate(input.tax_rate), actor_user_id=who.user_id,
+                w.session, w.org, account, price=price, now=w.now,
+                description=input.description, tax_rate_ppm=tax_rate(input.tax_rate),
+                actor_user_id=w.actor,
             )  # fmt: skip
         return None if line is None else mapping.line(line, who.currency)
 
     @strawberry.mutation(description="A one-time sale, placed per the additional-charges policy.")
     async def add_one_time_charge(self, info: Info, input: i.ChargeInput) -> t.LineItem:
         who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            account = await accounts.get_account(session, org, account_pk(who, input.account_id))
+        unit_price = amount(input.unit_price, who, "unitPrice")
+        async with transaction(info) as w:
+            account = await w.account(input.account_id)
             line = await bookings.add_one_time_charge(
-                session, org, account, description=input.description,
-                unit_price=amount(input.unit_price, who, "unitPrice"), now=ctx.clock.now(),
-                quantity=input.quantity, tax_rate_ppm=tax_rate(input.tax_rate),
-                actor_user_id=who.user_id,
+                w.session, w.org, account, description=input.description,
+                unit_price=unit_price, now=w.now, quantity=input.quantity,
+                tax_rate_ppm=tax_rate(input.tax_rate), actor_user_id=w.actor,
             )  # fmt: skip
         return mapping.line(line, who.currency)
 
     @strawberry.mutation(description="A manual invoice with custom charge and credit lines.")
     async def create_manual_invoice(self, info: Info, input: i.ManualInvoiceInput) -> t.Invoice:
         who = require_admin(info)
-        ctx = context(info)
         lines = [_manual_line(line, who, n) for n, line in enumerate(input.lines)]
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            account = await accounts.get_account(session, org, account_pk(who, input.account_id))
+        async with transaction(info) as w:
+            account = await w.account(input.account_id)
             invoice = await invoices.create_manual_invoice(
-                session, org, account, lines, ctx.clock.now(), due_date=input.due_date,
+                w.session, w.org, account, lines, w.now, due_date=input.due_date,
                 finalize_now=input.finalize_now, apply_credit=input.apply_credit,
-                actor_user_id=who.user_id,
+                actor_user_id=w.actor,
             )  # fmt: skip
         return mapping.invoice(invoice)
 
     @strawberry.mutation(description="Add a charge (or, negative, a credit) to a pending invoice.")
     async def add_invoice_line(self, info: Info, input: i.AddLineInput) -> t.Invoice:
         who = require_admin(info)
-        ctx = context(info)
+        pk = pk_of(input.invoice_id, "Invoice", field="invoiceId")
         unit_price = amount(input.unit_price, who, "unitPrice")
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            invoice = await invoices.get_invoice(
-                session, org, pk_of(input.invoice_id, "Invoice", field="invoiceId")
-            )
-            spec = invoices.LineSpec(
-                description=input.description, unit_price=unit_price, quantity=input.quantity,
-                kind=invoices.LineKind.CREDIT if unit_price < 0 else invoices.LineKind.CHARGE,
-                tax_rate_ppm=tax_rate(input.tax_rate),
-            )  # fmt: skip
-            await invoices.add_line(
-                session, org, invoice, spec, ctx.clock.now(), actor_user_id=who.user_id
-            )
+        spec = invoices.LineSpec(
+            description=input.description, unit_price=unit_price, quantity=input.quantity,
+            kind=invoices.LineKind.CREDIT if unit_price < 0 else invoices.LineKind.CHARGE,
+            tax_rate_ppm=tax_rate(input.tax_rate),
+        )  # fmt: skip
+        async with transaction(info) as w:
+            invoice = await w.invoice(pk)
+            await invoices.add_line(w.session, w.org, invoice, spec, w.now, actor_user_id=w.actor)
         return mapping.invoice(invoice)
 
     @strawberry.mutation(
@@ -329,15 +285,11 @@ class BillingMutations:
     async def remove_line_item(
         self, info: Info, line_item_id: strawberry.ID
     ) -> i.RemoveLineItemPayload:
-        who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            line = await invoices.get_line(
-                session, org, pk_of(line_item_id, "LineItem", field="lineItemId")
-            )
+        require_admin(info)
+        async with transaction(info) as w:
+            line = await w.line(line_item_id)
             removed = await invoices.remove_line(
-                session, org, line, ctx.clock.now(), actor_user_id=who.user_id
+                w.session, w.org, line, w.now, actor_user_id=w.actor
             )
         trail = removed.trail_invoice
         return i.RemoveLineItemPayload(
@@ -352,25 +304,25 @@ class BillingMutations:
     async def finalize_invoice(
         self, info: Info, invoice_id: strawberry.ID, apply_credit: bool = True
     ) -> t.Invoice:
-        async def finalize(session: Any, org: Any, invoice: Any, now: datetime, actor: int) -> None:
+        async def finalize(w: Work, invoice: Invoice) -> None:
             await invoices.finalize(
-                session, org, invoice, now, manual=True, apply_credit=apply_credit,
-                actor_user_id=actor,
+                w.session, w.org, invoice, w.now, manual=True, apply_credit=apply_credit,
+                actor_user_id=w.actor,
             )  # fmt: skip
 
         return await _invoice_action(info, invoice_id, finalize, "Invoice")
 
     @strawberry.mutation(description="Void an invoice (or credit note); it keeps its number.")
     async def void_invoice(self, info: Info, invoice_id: strawberry.ID) -> t.Invoice:
-        async def void(session: Any, org: Any, invoice: Any, now: datetime, actor: int) -> None:
-            await invoices.void(session, org, invoice, now, actor_user_id=actor)
+        async def void(w: Work, invoice: Invoice) -> None:
+            await invoices.void(w.session, w.org, invoice, w.now, actor_user_id=w.actor)
 
         return await _invoice_action(info, invoice_id, void, "Invoice", "CreditNote")
 
     @strawberry.mutation(description="Un-void: back to the status its dates and balance give.")
     async def unvoid_invoice(self, info: Info, invoice_id: strawberry.ID) -> t.Invoice:
-        async def unvoid(session: Any, org: Any, invoice: Any, now: datetime, actor: int) -> None:
-            await invoices.unvoid(session, org, invoice, now, actor_user_id=actor)
+        async def unvoid(w: Work, invoice: Invoice) -> None:
+            await invoices.unvoid(w.session, w.org, invoice, w.now, actor_user_id=w.actor)
 
         return await _invoice_action(info, invoice_id, unvoid, "Invoice", "CreditNote")
 
@@ -382,7 +334,8 @@ class BillingMutations:
     async def run_billing(self, info: Info, as_of: datetime | None = None) -> i.BillingRun:
         who = require_admin(info)
         ctx = context(info)
-        now = ctx.clock.now()
+        async with reading(info) as w:
+            now = w.now
         instant = now if as_of is None else refuse_future(_instant(as_of, "asOf"), now)
         result = await billing.run_billing(ctx.sessionmaker, who.organization_id, instant)
         await ctx.announce_latest(who.organization_id)
@@ -398,45 +351,41 @@ class BillingMutations:
         )
 
 
-async def _invoice_action(info: Info, invoice_id: str, action: Any, *types: str) -> t.Invoice:
+InvoiceAction = Callable[[Work, Invoice], Awaitable[None]]
+BookingAction = Callable[[Work, Booking, bool], Awaitable[bookings.BookingChange]]
+
+
+async def _invoice_action(
+    info: Info, invoice_id: str, action: InvoiceAction, *types: str
+) -> t.Invoice:
     """Admin, one invoice, one engine call in one transaction, the invoice back."""
-    who = require_admin(info)
-    ctx = context(info)
-    async with ctx.transaction() as session:
-        org = await organization(session, who)
-        invoice = await invoices.get_invoice(
-            session, org, pk_of(invoice_id, *types, field="invoiceId")
-        )
-        await action(session, org, invoice, ctx.clock.now(), who.user_id)
+    require_admin(info)
+    pk = pk_of(invoice_id, *types, field="invoiceId")
+    async with transaction(info) as w:
+        invoice = await w.invoice(pk)
+        await action(w, invoice)
     return mapping.invoice(invoice)
 
 
 async def _membership(info: Info, team_id: str, user_id: str, *, add: bool) -> t.Account:
-    who = require_admin(info)
-    ctx = context(info)
-    async with ctx.transaction() as session:
-        org = await organization(session, who)
-        team = await accounts.get_account(session, org, account_pk(who, team_id, "teamId"))
-        user = await accounts.get_user(session, org, pk_of(user_id, "User", field="userId"))
-        change = accounts.add_team_member if add else accounts.remove_team_member
-        await change(session, org, team, user, ctx.clock.now(), actor_user_id=who.user_id)
+    require_admin(info)
+    change = accounts.add_team_member if add else accounts.remove_team_member
+    async with transaction(info) as w:
+        team = await w.account(team_id, "teamId")
+        user = await w.user(user_id)
+        await change(w.session, w.org, team, user, w.now, actor_user_id=w.actor)
     return mapping.account(team)
 
 
 async def _booking_change(
-    info: Info, booking_id: str, create_credit: bool, change: Any
+    info: Info, booking_id: str, create_credit: bool, change: BookingAction
 ) -> i.BookingChangePayload:
     who = require_writer(info)
-    ctx = context(info)
-    async with ctx.transaction() as session:
-        org = await organization(session, who)
-        booking = await bookings.get_booking(
-            session, org, pk_of(booking_id, "Booking", field="bookingId")
-        )
-        ensure_account_visible(who, booking.account_id)
-        # rules §5.2: a member's own cancellation always credits a paid booking.
-        create = True if who.role == Role.MEMBER else create_credit
-        result = await change(session, org, booking, create)
+    # rules §5.2: a member's own cancellation always credits a paid booking.
+    create = True if who.role == Role.MEMBER else create_credit
+    async with transaction(info) as w:
+        booking = await w.booking(booking_id)
+        result = await change(w, booking, create)
     credit = result.credit_line
     return i.BookingChangePayload(
         booking=mapping.booking(result.booking, who.currency),
@@ -446,7 +395,7 @@ async def _booking_change(
 
 
 def _manual_line(
-    line: i.ManualLineInput, who: Any, n: int
+    line: i.ManualLineInput, who: Viewer, n: int
 ) -> invoices.ManualCharge | invoices.ManualCredit:
     field = f"lines[{n}]"
     if (line.unit_price is None) == (line.credit_amount is None):

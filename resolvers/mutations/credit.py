@@ -15,16 +15,15 @@ from typing import Annotated, Any, TypeVar
 
 import strawberry
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
 from models import CreditAllocation, DocumentType, Invoice, LineItem
 from resolvers import mapping
-from resolvers.mutations.common import account_pk, amount, idempotent, organization
+from resolvers.mutations.common import JSON, Work, account_pk, amount, idempotent
 from resolvers.permissions import context, pk_of, require_admin, viewer
 from schema import credit_inputs as ci
 from schema import types as t
-from services import accounts, credit, invoices
+from services import credit, invoices
 from services.errors import ValidationError
 
 Row = TypeVar("Row", CreditAllocation, Invoice, LineItem)
@@ -82,17 +81,14 @@ class CreditMutations:
         idempotency_key: IdempotencyKey = None,
     ) -> t.CreditAllocation:
         who = require_admin(info)
-        ctx = context(info)
         note_pk = pk_of(credit_note_id, "CreditNote", "Invoice", field="creditNoteId")
         invoice_pk = pk_of(invoice_id, "Invoice", "CreditNote", field="invoiceId")
         minor = _amount(amount, who, "amount")
 
-        async def work(session: AsyncSession) -> dict[str, Any]:
-            org = await organization(session, who)
+        async def work(w: Work) -> JSON:
             allocation = await credit.allocate(
-                session, org, note_pk, invoice_pk, minor, ctx.clock.now(),
-                actor_user_id=who.user_id,
-            )  # fmt: skip
+                w.session, w.org, note_pk, invoice_pk, minor, w.now, actor_user_id=w.actor
+            )
             return {"allocation": allocation.id}
 
         request = {"creditNote": note_pk, "invoice": invoice_pk, "amount": minor}
@@ -109,14 +105,12 @@ class CreditMutations:
         allocation_id: strawberry.ID,
         idempotency_key: IdempotencyKey = None,
     ) -> t.CreditAllocation:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         pk = pk_of(allocation_id, "CreditAllocation", field="allocationId")
 
-        async def work(session: AsyncSession) -> dict[str, Any]:
-            org = await organization(session, who)
+        async def work(w: Work) -> JSON:
             allocation = await credit.remove_allocation(
-                session, org, pk, ctx.clock.now(), actor_user_id=who.user_id
+                w.session, w.org, pk, w.now, actor_user_id=w.actor
             )
             return {"allocation": allocation.id}
 
@@ -136,15 +130,13 @@ class CreditMutations:
         invoice_id: strawberry.ID,
         idempotency_key: IdempotencyKey = None,
     ) -> ci.MoveCreditLinePayload:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         line_pk = pk_of(line_item_id, "LineItem", field="lineItemId")
         invoice_pk = pk_of(invoice_id, "Invoice", "CreditNote", field="invoiceId")
 
-        async def work(session: AsyncSession) -> dict[str, Any]:
-            org = await organization(session, who)
+        async def work(w: Work) -> JSON:
             note, allocation = await credit.move_credit_line(
-                session, org, line_pk, invoice_pk, ctx.clock.now(), actor_user_id=who.user_id
+                w.session, w.org, line_pk, invoice_pk, w.now, actor_user_id=w.actor
             )
             assert note.source_invoice_id is not None
             return {
@@ -173,15 +165,11 @@ class CreditMutations:
         credit_note_id: strawberry.ID,
         idempotency_key: IdempotencyKey = None,
     ) -> t.CreditNote:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         pk = pk_of(credit_note_id, "CreditNote", "Invoice", field="creditNoteId")
 
-        async def work(session: AsyncSession) -> dict[str, Any]:
-            org = await organization(session, who)
-            note = await credit.void_credit_note(
-                session, org, pk, ctx.clock.now(), actor_user_id=who.user_id
-            )
+        async def work(w: Work) -> JSON:
+            note = await credit.void_credit_note(w.session, w.org, pk, w.now, actor_user_id=w.actor)
             return {"creditNote": note.id}
 
         done = await idempotent(info, idempotency_key, "voidCreditNote", {"creditNote": pk}, work)
@@ -201,13 +189,11 @@ class CreditMutations:
         idempotency_key: IdempotencyKey = None,
     ) -> ci.AddCreditPayload:
         who = require_admin(info)
-        ctx = context(info)
         account_id_pk = account_pk(who, account_id)
         minor = _amount(amount, who, "amount")
 
-        async def work(session: AsyncSession) -> dict[str, Any]:
-            org = await organization(session, who)
-            account = await accounts.get_account(session, org, account_id_pk)
+        async def work(w: Work) -> JSON:
+            account = await w.account(account_id)
             # Tax-free on purpose: the amount the admin types is the credit the account
             # gets, like the credit notes issue_credit_note writes.
             spec = invoices.LineSpec(
@@ -215,7 +201,7 @@ class CreditMutations:
                 tax_rate_ppm=0,
             )  # fmt: skip
             line = await invoices.place_additional_charge(
-                session, org, account, spec, ctx.clock.now(), actor_user_id=who.user_id
+                w.session, w.org, account, spec, w.now, actor_user_id=w.actor
             )
             return {"line": line.id, "invoice": line.invoice_id}
 
@@ -240,17 +226,14 @@ class CreditMutations:
         invoice_id: strawberry.ID,
         idempotency_key: IdempotencyKey = None,
     ) -> ci.ApplyCreditPayload:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         pk = pk_of(invoice_id, "Invoice", "CreditNote", field="invoiceId")
 
-        async def work(session: AsyncSession) -> dict[str, Any]:
-            org = await organization(session, who)
-            invoice = await invoices.get_invoice(session, org, pk)
+        async def work(w: Work) -> JSON:
+            invoice = await w.invoice(pk)
             made = await credit.apply_available_credit(
-                session, org, invoice, ctx.clock.now(), automatic=False,
-                actor_user_id=who.user_id,
-            )  # fmt: skip
+                w.session, w.org, invoice, w.now, automatic=False, actor_user_id=w.actor
+            )
             return {"allocations": [a.id for a in made]}
 
         done = await idempotent(

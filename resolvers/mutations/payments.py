@@ -13,15 +13,14 @@ current state, and a different input under the same key is a CONFLICT.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import strawberry
 from sqlalchemy import select
 from strawberry.types import Info
 
-from models import Organization, Refund
+from models import Refund
 from resolvers import mapping
-from resolvers.mutations.common import account_pk, amount, idempotent, organization
+from resolvers.mutations.common import JSON, Work, account_pk, amount, idempotent, reading
 from resolvers.permissions import (
     context,
     ensure_account_visible,
@@ -31,22 +30,14 @@ from resolvers.permissions import (
 )
 from schema import payment_inputs as p
 from schema import types as t
-from services import invoices, payments, refunds
+from services import payments, refunds
 from services.gateway import OffGateway, PaymentGateway
-from services.policy import get_organization
 
 
 def _gateway(info: Info) -> PaymentGateway:
     # The lifespan sets it; a context without one (no lifespan) has card payments off.
     gateway: PaymentGateway | None = context(info).services.get("gateway")
     return gateway if gateway is not None else OffGateway()
-
-
-async def _org(info: Info, organization_id: int) -> Organization:
-    """The organization row for a gateway service, read outside any write transaction
-    (those services open their own)."""
-    async with context(info).read_sessionmaker() as session:
-        return await get_organization(session, organization_id)
 
 
 async def _after_gateway_work(info: Info, organization_id: int) -> None:
@@ -90,11 +81,10 @@ class PaymentMutations:
             "note": input.note,
         }
 
-        async def work(session: Any) -> dict[str, Any]:
-            org = await organization(session, who)
+        async def work(w: Work) -> JSON:
             payment = await payments.record_payment(
-                session, org, invoice_id, minor, input.method.value, context(info).clock.now(),
-                received_on=input.received_on, note=input.note, actor_user_id=who.user_id,
+                w.session, w.org, invoice_id, minor, input.method.value, w.now,
+                received_on=input.received_on, note=input.note, actor_user_id=w.actor,
             )  # fmt: skip
             return {"payment_id": payment.id}
 
@@ -112,13 +102,13 @@ class PaymentMutations:
         who = require_writer(info)
         ctx = context(info)
         pk = pk_of(invoice_id, "Invoice", field="invoiceId")
-        async with ctx.read_sessionmaker() as session:
-            org = await organization(session, who)
-            invoice = await invoices.get_invoice(session, org, pk)
+        async with reading(info) as w:
+            invoice = await w.invoice(pk)
         ensure_account_visible(who, invoice.account_id)
+        org, now = w.org, w.now
         try:
             started = await payments.start_card_payment(
-                ctx.sessionmaker, _gateway(info), org, pk, ctx.clock.now(),
+                ctx.sessionmaker, _gateway(info), org, pk, now,
                 actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -140,10 +130,11 @@ class PaymentMutations:
         who = require_admin(info)
         ctx = context(info)
         pk = pk_of(invoice_id, "Invoice", field="invoiceId")
-        org = await _org(info, who.organization_id)
+        async with reading(info) as w:
+            org, now = w.org, w.now
         try:
             payment = await payments.charge_now(
-                ctx.sessionmaker, _gateway(info), org, pk, ctx.clock.now(),
+                ctx.sessionmaker, _gateway(info), org, pk, now,
                 actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -160,7 +151,8 @@ class PaymentMutations:
     ) -> p.CardSetupPayload:
         who = require_writer(info)
         pk = account_pk(who, account_id)
-        org = await _org(info, who.organization_id)
+        async with reading(info) as w:
+            org = w.org
         # Without a key every call is a new SetupIntent, as a fresh card sheet expects.
         secret = await payments.start_card_setup(
             context(info).sessionmaker, _gateway(info), org, pk,
@@ -182,10 +174,11 @@ class PaymentMutations:
         ctx = context(info)
         payment_id = pk_of(input.payment_id, "Payment", field="paymentId")
         minor = amount(input.amount, who, "amount")
-        org = await _org(info, who.organization_id)
+        async with reading(info) as w:
+            org, now = w.org, w.now
         try:
             refund = await refunds.refund_payment(
-                ctx.sessionmaker, _gateway(info), org, payment_id, minor, ctx.clock.now(),
+                ctx.sessionmaker, _gateway(info), org, payment_id, minor, now,
                 reason=input.reason, actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -204,10 +197,11 @@ class PaymentMutations:
         ctx = context(info)
         note_id = pk_of(input.credit_note_id, "CreditNote", "Invoice", field="creditNoteId")
         minor = amount(input.amount, who, "amount")
-        org = await _org(info, who.organization_id)
+        async with reading(info) as w:
+            org, now = w.org, w.now
         try:
             done = await refunds.refund_credit(
-                ctx.sessionmaker, _gateway(info), org, note_id, minor, ctx.clock.now(),
+                ctx.sessionmaker, _gateway(info), org, note_id, minor, now,
                 reason=input.reason, actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -241,12 +235,11 @@ class PaymentMutations:
             "reason": input.reason,
         }
 
-        async def work(session: Any) -> dict[str, Any]:
-            org = await organization(session, who)
+        async def work(w: Work) -> JSON:
             refund = await refunds.record_refund(
-                session, org, minor, input.method.value, context(info).clock.now(),
+                w.session, w.org, minor, input.method.value, w.now,
                 payment_id=payment_id, credit_note_id=note_id, reason=input.reason,
-                actor_user_id=who.user_id,
+                actor_user_id=w.actor,
             )  # fmt: skip
             return {"refund_id": refund.id}
 
