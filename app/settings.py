@@ -24,8 +24,11 @@ class DatabaseLimits:
     statement_timeout_ms: int = 15_000
     lock_timeout_ms: int = 5_000
     idle_in_transaction_timeout_ms: int = 30_000
-    pool_size: int = 10
-    max_overflow: int = 20
+    # Kept open: at least the concurrency one process serves, since an overflow
+    # connection is closed on return and the next request pays a new PostgreSQL
+    # connection for it (and may meet the server's max_connections). 30 at most.
+    pool_size: int = 20
+    max_overflow: int = 10
     pool_timeout_seconds: float = 2.0
 
 
