@@ -15,12 +15,15 @@ refused on its next use.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import jwt
-from sqlalchemy import and_, select, union_all
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, select, union_all
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -67,12 +70,23 @@ def decode_token(settings: Settings, token: str, now: datetime) -> dict[str, Any
         raise TokenError(
             "This server does not accept its own tokens; sign in through your identity provider."
         )
+    claims = _verified_claims(token, settings.token_secret, settings.token_issuer)
+    if not isinstance(claims["exp"], int) or claims["exp"] <= now.timestamp():
+        raise TokenError("Your token has expired; sign in again for a new one.")
+    return dict(claims)
+
+
+# A signature is checked once per token and secret: the same bytes under the same key
+# verify the same way every time, so the answer can be kept (bounded). Expiry is not
+# kept: it is compared with the clock on every call, and the user row is read anew.
+@functools.lru_cache(maxsize=4096)
+def _verified_claims(token: str, secret: str, issuer: str) -> Mapping[str, Any]:
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
-            settings.token_secret,
+            secret,
             algorithms=["HS256"],
-            issuer=settings.token_issuer,
+            issuer=issuer,
             options={
                 "require": ["sub", "org", "exp", "iss"],
                 "verify_exp": False,
@@ -81,9 +95,20 @@ def decode_token(settings: Settings, token: str, now: datetime) -> dict[str, Any
         )
     except jwt.InvalidTokenError:
         raise TokenError(NOT_VALID) from None
-    if not isinstance(claims["exp"], int) or claims["exp"] <= now.timestamp():
-        raise TokenError("Your token has expired; sign in again for a new one.")
-    return claims
+    return MappingProxyType(claims)
+
+
+@functools.lru_cache(maxsize=4096)
+def _claimed_issuer(token: str) -> object:
+    """The ``iss`` a JWT claims before anything is verified (it says who should check
+    it), or TokenError when ``token`` is no JWT at all."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.InvalidTokenError:
+        raise TokenError(
+            "The bearer token is not valid for this server: it is neither a Deskbill "
+            "token, an API key nor a JWT."
+        ) from None
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -104,14 +129,7 @@ async def authenticate(
     key's last use and commits ``session``."""
     if apikeys.split_key(token) is not None:
         return await _key_viewer(session, token, now)
-    try:
-        unverified = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        raise TokenError(
-            "The bearer token is not valid for this server: it is neither a Deskbill "
-            "token, an API key nor a JWT."
-        ) from None
-    issuer = unverified.get("iss")
+    issuer = _claimed_issuer(token)
     if issuer == settings.token_issuer:
         claims = decode_token(settings, token, now)
         try:
@@ -120,7 +138,7 @@ async def authenticate(
             raise TokenError(NOT_VALID) from None
         expires = datetime.fromtimestamp(claims["exp"], UTC)
         gone = "The user of this token no longer has access."
-        return await _person(session, User.id == user_id, org_id, expires, gone)
+        return await _person(session, "id", user_id, org_id, expires, gone)
     if settings.oidc_configured and isinstance(issuer, str) and issuer == settings.oidc_issuer:
         try:
             claims = await verify_oidc_token(settings, token, now.timestamp())
@@ -133,50 +151,81 @@ async def authenticate(
             raise TokenError("Sign-in is set up for an organization that does not exist here.")
         value = str(claims[settings.oidc_claim])
         # Stored e-mails are lower-cased (services.accounts), so the index serves this.
-        match = (
-            User.email == value.strip().lower()
+        by, match = (
+            ("email", value.strip().lower())
             if settings.oidc_claim == "email"
-            else User.external_subject == value
+            else ("subject", value)
         )
         expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
         unknown = (
             f"No active user of this organization has the {settings.oidc_claim} {value!r}; "
             "ask an admin to add you."
         )
-        return await _person(session, match, oidc_org, expires, unknown)
+        return await _person(session, by, match, oidc_org, expires, unknown)
     raise TokenError(f"Tokens from issuer {issuer!r} are not accepted by this server.")
 
 
-async def _person(
-    session: AsyncSession, match: Any, organization_id: int, expires_at: datetime, refusal: str
-) -> Viewer:
+def _person_statement(match: ColumnElement[bool]) -> Select[Any]:
     # One statement, members included: the user, the organization and, joined on,
     # every account the user may see (their own and their teams'), one row each.
     visible = union_all(
         select(Account.user_id.label("user_id"), Account.id.label("account_id")),
         select(TeamMembership.user_id, TeamMembership.team_account_id),
     ).subquery()
-    rows = (
-        await session.execute(
-            select(User, Organization, visible.c.account_id)
-            .join(Organization, Organization.id == User.organization_id)
-            .outerjoin(visible, and_(visible.c.user_id == User.id, User.role == Role.MEMBER))
-            .where(match, User.organization_id == organization_id)
+    users: Table = User.__table__  # type: ignore[assignment]
+    orgs: Table = Organization.__table__  # type: ignore[assignment]
+    return (
+        select(
+            users.c.id,
+            users.c.active,
+            users.c.role,
+            orgs.c.id,
+            orgs.c.currency,
+            orgs.c.timezone,
+            visible.c.account_id,
         )
+        .join_from(users, orgs, orgs.c.id == users.c.organization_id)
+        .outerjoin(
+            visible, and_(visible.c.user_id == users.c.id, users.c.role == Role.MEMBER.value)
+        )
+        .where(match, users.c.organization_id == bindparam("org"))
+    )
+
+
+# Built once per process (each request only binds its values): building the union and
+# its joins took as long as running the statement.
+_PERSON_BY = {
+    "id": _person_statement(User.__table__.c.id == bindparam("match")),
+    "email": _person_statement(User.__table__.c.email == bindparam("match")),
+    "subject": _person_statement(User.__table__.c.external_subject == bindparam("match")),
+}
+
+
+async def _person(
+    session: AsyncSession,
+    by: str,
+    value: object,
+    organization_id: int,
+    expires_at: datetime,
+    refusal: str,
+) -> Viewer:
+    connection = await session.connection()
+    rows = (
+        await connection.execute(_PERSON_BY[by], {"match": value, "org": organization_id})
     ).all()
-    if not rows or not rows[0][0].active:
+    if not rows or not rows[0][1]:
         raise NoLongerAllowed(refusal)
-    user, org = rows[0][0], rows[0][1]
-    role = Role(user.role)
+    user_id, _, role_name, org_id, currency, timezone, _ = rows[0]
+    role = Role(role_name)
     account_ids: frozenset[int] | None = None
     if role == Role.MEMBER:
-        account_ids = frozenset(r[2] for r in rows if r[2] is not None)
+        account_ids = frozenset(r[6] for r in rows if r[6] is not None)
     return Viewer(
-        user_id=user.id,
-        organization_id=org.id,
+        user_id=user_id,
+        organization_id=org_id,
         role=role,
-        currency=org.currency,
-        timezone=org.timezone,
+        currency=currency,
+        timezone=timezone,
         account_ids=account_ids,
         expires_at=expires_at,
     )
