@@ -1,5 +1,6 @@
 """What starts and stops with a process: the payment gateway and the engine hooks
-that need it, the event hub (broadcast channel), and the billing worker."""
+that need it, the event hub (broadcast channel), the billing worker and the outbound
+webhook sender beside it (a task of its own, so a slow receiver never holds billing)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from app.metrics import MeteredGateway, Metrics, metered_gateway
 from app.realtime import EventHub
 from app.settings import Settings
 from app.state import AppState
+from app.webhook_sender import WebhookSender, sender_loop
 from app.worker import billing_loop
 from services import billing, credit, invoices
-from services.clock import SystemClock
+from services.clock import Clock, SystemClock
 from services.events import log_head, newest_events
 from services.gateway import PaymentGateway, gateway_from_settings
+from services.outbound_webhooks import AddressPolicy
 from services.payments import register_payment_jobs
 
 log = logging.getLogger("deskbill.worker")
@@ -57,6 +60,33 @@ def billing_limits(settings: Settings) -> billing.BillingLimits:
     )
 
 
+def build_sender(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    hub: EventHub,
+    clock: Clock,
+    metrics: Metrics | None = None,
+) -> WebhookSender:
+    """The webhook sender, delivering what the hub has settled."""
+    return WebhookSender(
+        sessionmaker,
+        clock,
+        horizon=hub.poll,
+        announce=hub.announce,
+        policy=AddressPolicy.parse(settings.webhooks_allow_private),
+        timeout=settings.webhook_timeout_seconds,
+        concurrency=settings.webhook_concurrency,
+        observe=None if metrics is None else metrics.record_webhook_attempt,
+    )
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def build_gateway(settings: Settings) -> PaymentGateway:
     return gateway_from_settings(
         settings.stripe_api_key, settings.stripe_webhook_secret, settings.stripe_api_base
@@ -79,8 +109,16 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
         hub.on_deliver = lambda event: observe(event, clock.now())
     await hub.start()
     state.services["hub"] = hub
+    sender = build_sender(
+        settings, state.sessionmaker, hub, state.clock,
+        metrics if isinstance(metrics, Metrics) else None,
+    )  # fmt: skip
+    state.services["webhook_sender"] = sender
+    state.services["webhook_policy"] = sender.policy
     worker: asyncio.Task[None] | None = None
+    webhooks: asyncio.Task[None] | None = None
     if settings.worker_enabled if start_worker is None else start_worker:
+        webhooks = asyncio.create_task(sender_loop(sender, settings.webhook_interval_seconds))
         worker = asyncio.create_task(
             billing_loop(
                 state.sessionmaker,
@@ -94,10 +132,9 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
     try:
         yield
     finally:
-        if worker is not None:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+        await stop_task(worker)
+        await stop_task(webhooks)
+        await sender.aclose()
         await stop_hub(hub)
         state.services.pop("hub", None)
         close = getattr(gateway, "aclose", None)
@@ -157,10 +194,11 @@ async def run_worker(settings: Settings) -> None:
                 billing_limits(settings),
             )
         )
+        sender = build_sender(settings, sessionmaker, hub, SystemClock())
+        webhooks = asyncio.create_task(sender_loop(sender, settings.webhook_interval_seconds))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({clock, stopped}, return_when=asyncio.FIRST_COMPLETED)
         log.info("worker stopping")
-        for task in (clock, stopped):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (clock, webhooks, stopped):
+            await stop_task(task)
+        await sender.aclose()

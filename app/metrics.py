@@ -111,6 +111,10 @@ class Metrics:
             "deskbill_stripe_webhooks", "Stripe webhook deliveries by outcome "
             "(applied, duplicate, ignored, refused).", ["outcome"], registry=r,
         )  # fmt: skip
+        self.outbound_webhooks = Counter(
+            "deskbill_webhook_deliveries", "Outbound webhook attempts by outcome (succeeded, "
+            "retrying, gave_up, gone).", ["outcome"], registry=r,
+        )  # fmt: skip
         self.gateway_calls = Counter(
             "deskbill_stripe_calls", "Requests to Stripe by call and outcome (ok or the "
             "error's class).", ["call", "outcome"], registry=r,
@@ -151,6 +155,9 @@ class Metrics:
         self.billing_accounts.labels("failed").inc(failed)
         self.billing_accounts.labels("skipped").inc(result.accounts_skipped)
         self.billing_invoices_finalized.inc(result.invoices_finalized)
+
+    def record_webhook_attempt(self, outcome: str) -> None:
+        self.outbound_webhooks.labels(outcome).inc()
 
     def observe_delivery(self, event: Event, now: datetime) -> None:
         """``now`` is the app's clock, the one that stamped the event."""

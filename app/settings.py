@@ -89,6 +89,13 @@ class Settings:
     heavy_query_cost: int = 2_000
     heavy_query_concurrency: int = 1
     log_format: str = "text"
+    # Outbound webhooks: networks that are not public but may still be sent to
+    # ("" none, "true" every private one, or a comma list such as "127.0.0.0/8"),
+    # the time one request may take, requests at once, and the pause between rounds.
+    webhooks_allow_private: str = ""
+    webhook_timeout_seconds: float = 10.0
+    webhook_concurrency: int = 8
+    webhook_interval_seconds: float = 2.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -143,6 +150,16 @@ class Settings:
                 env.get("DESKBILL_HEAVY_QUERY_CONCURRENCY", cls.heavy_query_concurrency)
             ),
             "log_format": env.get("DESKBILL_LOG_FORMAT", cls.log_format),
+            "webhooks_allow_private": env.get("DESKBILL_WEBHOOKS_ALLOW_PRIVATE", ""),
+            "webhook_timeout_seconds": float(
+                env.get("DESKBILL_WEBHOOK_TIMEOUT_SECONDS") or cls.webhook_timeout_seconds
+            ),
+            "webhook_concurrency": int(
+                env.get("DESKBILL_WEBHOOK_CONCURRENCY") or cls.webhook_concurrency
+            ),
+            "webhook_interval_seconds": float(
+                env.get("DESKBILL_WEBHOOK_INTERVAL") or cls.webhook_interval_seconds
+            ),
         }
         values["persisted_queries"] = env.get("DESKBILL_PERSISTED_QUERIES") or "auto"
         values["persisted_queries_file"] = env.get("DESKBILL_PERSISTED_QUERIES_FILE") or None

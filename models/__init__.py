@@ -24,6 +24,8 @@ from models.enums import (
     RefundMethod,
     RefundStatus,
     Role,
+    WebhookDeliveryStatus,
+    WebhookEndpointStatus,
 )
 from models.event import Event
 from models.idempotency import IdempotencyRecord, ProcessedWebhook
@@ -32,6 +34,7 @@ from models.invoice import CreditAllocation, Invoice, LineItem
 from models.organization import Organization
 from models.payment import Payment, Refund
 from models.plan import PlanSubscription, PlanTemplate
+from models.webhook import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "Account",
@@ -68,4 +71,9 @@ __all__ = [
     "Role",
     "TeamMembership",
     "User",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookDeliveryStatus",
+    "WebhookEndpoint",
+    "WebhookEndpointStatus",
 ]

@@ -120,3 +120,14 @@ class RefundMethod(StrEnum):
     CASH = "CASH"
     BANK_TRANSFER = "BANK_TRANSFER"
     OTHER = "OTHER"
+
+
+class WebhookEndpointStatus(StrEnum):
+    ENABLED = "ENABLED"
+    DISABLED = "DISABLED"
+
+
+class WebhookDeliveryStatus(StrEnum):
+    PENDING = "PENDING"  # waiting for its first attempt or its next retry
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"  # retried for the whole retry window; only a resend tries again

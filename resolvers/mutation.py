@@ -6,7 +6,15 @@ from resolvers.identity import IdentityMutations
 from resolvers.mutations.billing import BillingMutations
 from resolvers.mutations.credit import CreditMutations
 from resolvers.mutations.payments import PaymentMutations
+from resolvers.webhooks import WebhookMutations
 
 Mutation = merge_types(
-    "Mutation", (BillingMutations, CreditMutations, PaymentMutations, IdentityMutations)
+    "Mutation",
+    (
+        BillingMutations,
+        CreditMutations,
+        PaymentMutations,
+        IdentityMutations,
+        WebhookMutations,
+    ),
 )

@@ -32,7 +32,7 @@ from models import (
     User,
 )
 from models.enums import OUTSTANDING_STATUSES
-from resolvers import identity, mapping
+from resolvers import identity, mapping, webhooks
 from resolvers.analytics import AnalyticsQuery
 from resolvers.context import Viewer
 from resolvers.pagination import Ordering, encode_cursor, paginate, parse_sequence_cursor
@@ -50,6 +50,7 @@ from schema.enums import SortDirection
 from schema.identity_types import ApiKey
 from schema.ids import decode
 from schema.pagination import Connection
+from schema.webhook_types import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
 from services import money
 from services.errors import ValidationError
 
@@ -274,6 +275,23 @@ class Query(AnalyticsQuery):
     @strawberry.field(description="The organization's API keys, revoked ones too (ADMIN only).")
     async def api_keys(self, info: Info) -> list[ApiKey]:
         return await identity.api_keys(info)
+
+    @strawberry.field(description="The organization's webhook endpoints (ADMIN only).")
+    async def webhook_endpoints(self, info: Info) -> list[WebhookEndpoint]:
+        return await webhooks.webhook_endpoints(info)
+
+    @strawberry.field(
+        description="An endpoint's deliveries, newest first, with their attempts (ADMIN only)."
+    )
+    async def webhook_deliveries(
+        self,
+        info: Info,
+        endpoint_id: strawberry.ID,
+        status: list[WebhookDeliveryStatus] | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> Connection[WebhookDelivery]:
+        return await webhooks.webhook_deliveries(info, endpoint_id, status, first, after)
 
     @strawberry.field
     async def organization(self, info: Info) -> t.Organization:

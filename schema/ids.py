@@ -29,6 +29,8 @@ TYPE_NAMES = frozenset(
         "PlanSubscription",
         "Event",
         "ApiKey",
+        "WebhookEndpoint",
+        "WebhookDelivery",
     }
 )
 

@@ -50,6 +50,8 @@ MAX_TEXT = {
     "timezone": 64,
     "idempotency_key": 255,
     "types": 64,
+    "event_types": 64,
+    "url": 2048,
 }
 # Any other text (ids, cursors, enum-like strings) is short; this bounds what slips by.
 DEFAULT_MAX_TEXT = 1000

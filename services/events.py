@@ -47,6 +47,21 @@ class EventType:
     BOOKING_CANCELLED = "booking.cancelled"
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"
+    WEBHOOK_ENDPOINT_CREATED = "webhook_endpoint.created"
+    WEBHOOK_ENDPOINT_UPDATED = "webhook_endpoint.updated"
+    WEBHOOK_ENDPOINT_DELETED = "webhook_endpoint.deleted"
+    WEBHOOK_ENDPOINT_SECRET_ROTATED = "webhook_endpoint.secret_rotated"
+    WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint.disabled"
+    WEBHOOK_DELIVERY_RESENT = "webhook_delivery.resent"
+
+
+def known_event_types() -> frozenset[str]:
+    """Every type name the log can hold (what a webhook endpoint may ask for)."""
+    return frozenset(
+        value
+        for name, value in vars(EventType).items()
+        if name.isupper() and isinstance(value, str)
+    )
 
 
 def record(
