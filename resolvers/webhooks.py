@@ -12,7 +12,7 @@ from models import WebhookAttempt as AttemptRow
 from models import WebhookDelivery as DeliveryRow
 from models import WebhookEndpoint as EndpointRow
 from resolvers.mapping import event_cursor
-from resolvers.mutations.common import organization
+from resolvers.mutations.common import transaction
 from resolvers.pagination import Ordering, paginate
 from resolvers.permissions import context, pk_of, require_admin
 from schema import webhook_types as wt
@@ -122,13 +122,11 @@ class WebhookMutations:
         event_types: list[str],
         description: str | None = None,
     ) -> wt.WebhookEndpointWithSecret:
-        who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
+        require_admin(info)
+        async with transaction(info) as w:
             row, secret = await hooks.create_endpoint(
-                session, org, url=url, event_types=event_types, description=description,
-                policy=_policy(info), now=ctx.clock.now(), actor_user_id=who.user_id,
+                w.session, w.org, url=url, event_types=event_types, description=description,
+                policy=_policy(info), now=w.now, actor_user_id=w.actor,
             )  # fmt: skip
             made = endpoint(row)
         return wt.WebhookEndpointWithSecret(endpoint=made, secret=secret)
@@ -140,15 +138,13 @@ class WebhookMutations:
     async def update_webhook_endpoint(
         self, info: Info, id: strawberry.ID, changes: wt.WebhookEndpointChanges
     ) -> wt.WebhookEndpoint:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         pk = pk_of(id, "WebhookEndpoint")
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
+        async with transaction(info) as w:
             row = await hooks.update_endpoint(
-                session, org, pk, url=changes.url, event_types=changes.event_types,
+                w.session, w.org, pk, url=changes.url, event_types=changes.event_types,
                 description=changes.description, enabled=changes.enabled,
-                policy=_policy(info), now=ctx.clock.now(), actor_user_id=who.user_id,
+                policy=_policy(info), now=w.now, actor_user_id=w.actor,
             )  # fmt: skip
             changed = endpoint(row)
         return changed
@@ -158,14 +154,10 @@ class WebhookMutations:
         "nothing more is sent to it. Answers the deleted endpoint's id."
     )
     async def delete_webhook_endpoint(self, info: Info, id: strawberry.ID) -> strawberry.ID:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         pk = pk_of(id, "WebhookEndpoint")
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            await hooks.delete_endpoint(
-                session, org, pk, now=ctx.clock.now(), actor_user_id=who.user_id
-            )
+        async with transaction(info) as w:
+            await hooks.delete_endpoint(w.session, w.org, pk, now=w.now, actor_user_id=w.actor)
         return id
 
     @strawberry.mutation(
@@ -176,14 +168,12 @@ class WebhookMutations:
     async def rotate_webhook_secret(
         self, info: Info, id: strawberry.ID, expire_previous_now: bool = False
     ) -> wt.WebhookEndpointWithSecret:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         pk = pk_of(id, "WebhookEndpoint")
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
+        async with transaction(info) as w:
             row, secret = await hooks.rotate_secret(
-                session, org, pk, now=ctx.clock.now(), expire_previous_now=expire_previous_now,
-                actor_user_id=who.user_id,
+                w.session, w.org, pk, now=w.now, expire_previous_now=expire_previous_now,
+                actor_user_id=w.actor,
             )  # fmt: skip
             rotated = endpoint(row)
         return wt.WebhookEndpointWithSecret(endpoint=rotated, secret=secret)
@@ -193,14 +183,12 @@ class WebhookMutations:
         "three-day retry window (ADMIN only)."
     )
     async def resend_webhook_delivery(self, info: Info, id: strawberry.ID) -> wt.WebhookDelivery:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         pk = pk_of(id, "WebhookDelivery")
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
+        async with transaction(info) as w:
             row = await hooks.resend_delivery(
-                session, org, pk, now=ctx.clock.now(), actor_user_id=who.user_id
+                w.session, w.org, pk, now=w.now, actor_user_id=w.actor
             )
-            attempts = await hooks.attempts_of(session, org.id, [row.id])
+            attempts = await hooks.attempts_of(w.session, w.org.id, [row.id])
             resent = delivery(row, attempts[row.id])
         return resent
