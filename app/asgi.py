@@ -7,6 +7,7 @@ takes an engine and a clock so tests can share their database and move time.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from app.health import healthz, readyz
 from app.lifecycle import running
 from app.metrics import HttpMetrics, Metrics, metrics_endpoint
 from app.persisted import PersistedQueries, PersistedQueryMiddleware
+from app.ratelimit import CostBuckets
 from app.routes import extra_routes
 from app.settings import Settings
 from app.state import AppState, build_state
@@ -49,8 +51,12 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
     graphql_transport_ws_handler_class = LiveConnection
 
     def __init__(self, state: AppState) -> None:
+        buckets = state.services.get("cost_buckets")
+        if buckets is None and state.settings.rate_limits:
+            # Kept on the state: tests reach the buckets (and their clock) there.
+            buckets = state.services["cost_buckets"] = CostBuckets(state.settings)
         super().__init__(
-            build_schema(state.settings),
+            build_schema(state.settings, buckets),
             graphql_ide="graphiql" if state.settings.graphiql else None,
             allow_queries_via_get=False,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
@@ -117,8 +123,15 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
 
     def encode_json(self, data: object) -> str | bytes:
         # A compiled read's result is the response body, already encoded.
-        if isinstance(data, dict) and len(data) == 1 and isinstance(data.get("data"), EncodedData):
-            return data["data"].encoded
+        if isinstance(data, dict) and isinstance(data.get("data"), EncodedData):
+            encoded = data["data"].encoded
+            extensions = data.get("extensions")
+            if len(data) == 1 or not extensions:
+                return encoded
+            # Only ``extensions.cost`` (app.guards) joins a compiled read's body, which
+            # is one JSON object: the member goes in before its closing brace.
+            assert set(data) == {"data", "extensions"} and encoded.endswith(b"}")
+            return encoded[:-1] + b',"extensions":' + json.dumps(extensions).encode() + b"}"
         return super().encode_json(data)
 
     async def _authenticate(

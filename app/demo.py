@@ -18,6 +18,7 @@ refund at once — the engine records them exactly as it records Stripe's answer
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -94,7 +95,10 @@ class DemoCardTerminal:
     enabled = True
 
     def __init__(self) -> None:
-        self._ids = itertools.count(1)
+        # Gateway ids are unique across the database: a second demo space
+        # (``deskbill demo --force``) must not reuse the first one's.
+        space = secrets.token_hex(4)
+        self._ids = (f"{space}_{n}" for n in itertools.count(1))
         self._intents: dict[str, IntentState] = {}
         self._refunds: dict[str, RefundState] = {}
 

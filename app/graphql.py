@@ -27,6 +27,8 @@ from app.edge import INTERNAL_MESSAGE, RETRY_AFTER_SECONDS, SERVICE_BUSY
 from app.guards import HeavyLane, RequestGuards
 from app.logs import current_request_id
 from app.metrics import OperationMetrics
+from app.ratelimit import CODE as RATE_LIMITED
+from app.ratelimit import CostBuckets
 from app.settings import Settings
 from resolvers.compiled import CompiledReads
 from resolvers.mutation import Mutation
@@ -117,6 +119,7 @@ class CodedErrors(SchemaExtension):
             # ParserCache re-raises syntax errors through the extensions; strawberry
             # then returns this very error object, so coding it here is enough.
             _code(raised, self._operation())
+            self._http_status([raised])
             raise
         operation = self._operation()
         result = self.execution_context.result
@@ -128,12 +131,21 @@ class CodedErrors(SchemaExtension):
         for error in errors:
             _code(error, operation)
             name_refused_field(error, document)
-        if any((error.extensions or {}).get("code") == SERVICE_BUSY for error in errors):
+        self._http_status(errors)
+
+    def _http_status(self, errors: list[GraphQLError]) -> None:
+        """503 for SERVICE_BUSY, 429 for RATE_LIMITED, with ``Retry-After``."""
+        response = getattr(self.execution_context.context, "response", None)
+        if not isinstance(response, Response):
+            return  # a websocket message: the code says it all
+        codes = {(error.extensions or {}).get("code"): error for error in errors}
+        if SERVICE_BUSY in codes:
             # Busy is the server's state, not the client's mistake: say so in HTTP too.
-            response = getattr(self.execution_context.context, "response", None)
-            if isinstance(response, Response):
-                response.status_code = 503
-                response.headers["retry-after"] = str(RETRY_AFTER_SECONDS)
+            response.status_code = 503
+            response.headers["retry-after"] = str(RETRY_AFTER_SECONDS)
+        elif (limited := codes.get(RATE_LIMITED)) is not None:
+            response.status_code = 429
+            response.headers["retry-after"] = str((limited.extensions or {})["retryAfter"])
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
         """Each message of a subscription, coded and masked before it is sent."""
@@ -144,6 +156,7 @@ class CodedErrors(SchemaExtension):
 
 class DeskbillSchema(strawberry.Schema):
     heavy_lane: HeavyLane
+    cost_buckets: CostBuckets | None
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -152,8 +165,14 @@ class DeskbillSchema(strawberry.Schema):
         included; ``CodedErrors`` logs each one once, at the level it deserves."""
 
 
-def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+def build_schema(
+    settings: Settings | None = None, buckets: CostBuckets | None = None
+) -> strawberry.Schema:
+    """The schema; ``buckets`` are the process's cost buckets (made here when rate
+    limits are on and none are given)."""
     settings = settings or Settings()
+    if buckets is None and settings.rate_limits:
+        buckets = CostBuckets(settings)
     # The limiters' rule classes are made once: a fresh class per request (what a
     # factory of QueryDepthLimiter would do) is part of ValidationCache's key, so the
     # cache would never hit and every request would be validated again.
@@ -167,7 +186,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         OperationMetrics,
         CodedErrors,
         # Before any answer is made (CompiledReads too): NUL and cost refusals.
-        lambda: RequestGuards(settings=settings, lane=lane),
+        lambda: RequestGuards(settings=settings, lane=lane, buckets=buckets),
         lambda: AddValidationRules(limits),
         lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
         # Bounded caches: parse and validate each distinct document once.
@@ -186,4 +205,5 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         extensions=extensions,
     )
     schema.heavy_lane = lane
+    schema.cost_buckets = buckets
     return schema

@@ -1,5 +1,12 @@
 """Checks every GraphQL operation passes after validation and before anything runs:
-no NUL character in any string of the request, and a cost within the viewer's budget.
+no NUL character in any string of the request, a cost within the viewer's budget, and
+that cost taken from the caller's and the organization's buckets (``app.ratelimit``:
+``RATE_LIMITED``, HTTP 429, when they cannot pay for it yet).
+
+A request with the header ``X-Query-Cost: include`` gets the cost and its buckets'
+state in the response's ``extensions.cost`` (Shopify's ``requestedQueryCost`` and
+``throttleStatus``); it is opt-in so that ordinary answers stay byte-for-byte what
+they were (they are compared and cached by clients).
 
 They run in one schema extension (``RequestGuards.on_execute``), so queries,
 mutations and subscriptions, over HTTP and websockets, are all checked, and a refused
@@ -33,10 +40,12 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 
 from app.cost import check_cost, cost_limit
+from app.ratelimit import CostBuckets, Grant
 from app.settings import Settings
 from services.errors import ValidationError
 
 NUL = "\x00"
+COST_HEADER = "x-query-cost"
 
 
 def nul_refusal(where: str) -> GraphQLError:
@@ -138,13 +147,34 @@ class HeavyLane:
         self.places = asyncio.Semaphore(max(1, settings.heavy_query_concurrency))
 
 
-class RequestGuards(SchemaExtension):
-    """No NUL anywhere in the request, a cost within the viewer's budget, and heavy
-    operations one lane of their own."""
+def _caller(viewer: object) -> tuple[str, int] | None:
+    """The key of a caller's bucket: its API key, else its user."""
+    api_key_id = getattr(viewer, "api_key_id", None)
+    if isinstance(api_key_id, int):
+        return ("api_key", api_key_id)
+    user_id = getattr(viewer, "user_id", None)
+    if isinstance(user_id, int):
+        return ("user", user_id)
+    return None
 
-    def __init__(self, *, settings: Settings, lane: HeavyLane) -> None:
+
+def _asks_for_cost(request: object) -> bool:
+    headers = getattr(request, "headers", None)
+    value = headers.get(COST_HEADER) if headers is not None else None
+    return isinstance(value, str) and value.strip().lower() in {"include", "1", "true"}
+
+
+class RequestGuards(SchemaExtension):
+    """No NUL anywhere in the request, a cost within the viewer's budget and its
+    buckets, and heavy operations one lane of their own."""
+
+    def __init__(
+        self, *, settings: Settings, lane: HeavyLane, buckets: CostBuckets | None = None
+    ) -> None:
         self.settings = settings
         self.lane = lane
+        self.buckets = buckets
+        self.grant: Grant | None = None
 
     async def on_execute(self) -> AsyncIterator[None]:
         context = self.execution_context
@@ -154,14 +184,30 @@ class RequestGuards(SchemaExtension):
             if where := request_nul(context.query, document, context.variables):
                 raise nul_refusal(where)
             viewer = getattr(context.context, "viewer", None)
-            limit = cost_limit(self.settings, getattr(viewer, "role", None))
+            role = getattr(viewer, "role", None)
+            limit = cost_limit(self.settings, role)
+            if self.buckets is not None:
+                # A bucket smaller than the budget is the budget: nothing larger fits.
+                limit = min(limit, self.buckets.largest_cost(role))
             # Raised as an already coded GraphQLError: strawberry answers with it and
             # runs nothing (no resolver, no SQL).
             cost = check_cost(
                 context.schema, document, context.variables, context.operation_name, limit
             )
+            caller = _caller(viewer)
+            organization_id = getattr(viewer, "organization_id", None)
+            if self.buckets is not None and caller is not None and organization_id is not None:
+                # RateLimitedError, coded, when the buckets cannot pay yet.
+                grant = self.buckets.take(
+                    organization_id=organization_id, caller=caller, role=role, cost=cost
+                )
+                if _asks_for_cost(getattr(context.context, "request", None)):
+                    self.grant = grant
         if cost > self.lane.threshold:
             async with self.lane.places:
                 yield
         else:
             yield
+
+    def get_results(self) -> dict[str, object]:
+        return {"cost": self.grant.extension()} if self.grant is not None else {}

@@ -88,6 +88,18 @@ class Settings:
     cost_limit_member: int = 25_000
     heavy_query_cost: int = 2_000
     heavy_query_concurrency: int = 1
+    # Cost rate limits (app.ratelimit): leaky buckets of query-cost points, one per
+    # caller (capacity and restore rate per second by role) and one per organization.
+    rate_limits: bool = True
+    cost_bucket_admin: int = 50_000
+    cost_bucket_analyst: int = 50_000
+    cost_bucket_member: int = 25_000
+    cost_restore_admin: float = 1_000.0
+    cost_restore_analyst: float = 1_000.0
+    cost_restore_member: float = 500.0
+    cost_bucket_organization: int = 100_000
+    cost_restore_organization: float = 2_000.0
+    cost_buckets_max: int = 10_000
     log_format: str = "text"
     # Outbound webhooks: networks that are not public but may still be sent to
     # ("" none, "true" every private one, or a comma list such as "127.0.0.0/8"),
@@ -149,6 +161,11 @@ class Settings:
             "heavy_query_concurrency": int(
                 env.get("DESKBILL_HEAVY_QUERY_CONCURRENCY", cls.heavy_query_concurrency)
             ),
+            "rate_limits": _bool(env.get("DESKBILL_RATE_LIMITS"), cls.rate_limits),
+            **{
+                name: kind(env.get(f"DESKBILL_{name.upper()}") or getattr(cls, name))
+                for name, kind in _COST_BUCKET_SETTINGS.items()
+            },
             "log_format": env.get("DESKBILL_LOG_FORMAT", cls.log_format),
             "webhooks_allow_private": env.get("DESKBILL_WEBHOOKS_ALLOW_PRIVATE", ""),
             "webhook_timeout_seconds": float(
@@ -169,6 +186,20 @@ class Settings:
     @property
     def oidc_configured(self) -> bool:
         return any((self.oidc_issuer, self.oidc_jwks_url, self.oidc_audience))
+
+
+_COST_BUCKET_SETTINGS: dict[str, type[int] | type[float]] = {
+    "cost_bucket_admin": int,
+    "cost_bucket_analyst": int,
+    "cost_bucket_member": int,
+    "cost_restore_admin": float,
+    "cost_restore_analyst": float,
+    "cost_restore_member": float,
+    "cost_bucket_organization": int,
+    "cost_restore_organization": float,
+    "cost_buckets_max": int,
+}
+"""Settings read as ``DESKBILL_<NAME>`` (``DESKBILL_COST_RESTORE_ANALYST``)."""
 
 
 def _database_limits(env: dict[str, str]) -> DatabaseLimits:

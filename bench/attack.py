@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import secrets
@@ -37,6 +38,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +53,7 @@ from app.cost import query_cost  # noqa: E402
 from app.database import create_engine  # noqa: E402
 from app.graphql import build_schema  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from models import Invoice, Payment, User  # noqa: E402
+from models import Invoice, Organization, Payment, User  # noqa: E402
 from services.clock import SystemClock  # noqa: E402
 
 ORDINARY = """query Ordinary {
@@ -119,14 +121,37 @@ async def admin_statement(server: str, statement: str) -> None:
         await engine.dispose()
 
 
-async def tokens_and_target(url: str, settings: Settings) -> tuple[str, str, int]:
-    """An admin's and an analyst's token, and the invoice with the most payments."""
+@dataclass
+class Tenant:
+    """One organization's callers: its admin (the ordinary client), two attackers of
+    its own (its analyst and an ANALYST API key: two callers, one organization)."""
+
+    slug: str
+    admin: str
+    attackers: tuple[str, str]
+
+
+async def deskbill_command(database_url: str, *args: str) -> str:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    deskbill = str(Path(sys.executable).parent / "deskbill")
+    proc = await asyncio.create_subprocess_exec(
+        deskbill, *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"deskbill {' '.join(args)} exited with {proc.returncode}")
+    return out.decode()
+
+
+async def tenants_and_target(url: str, settings: Settings) -> tuple[list[Tenant], int]:
+    """Two demo spaces' callers, and the invoice with the most payments."""
+    # A second demo space next to the first: the "other tenant".
+    await deskbill_command(url, "demo", "--force")
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
             users = (await conn.execute(select(User).where(User.active.is_(True)))).all()
-            admin = next(u for u in users if u.role == "ADMIN")
-            analyst = next((u for u in users if u.role == "ANALYST"), admin)
+            orgs = (await conn.execute(select(Organization).order_by(Organization.id))).all()
             target = await conn.scalar(
                 select(Invoice.id)
                 .join(Payment, Payment.invoice_id == Invoice.id)
@@ -137,20 +162,36 @@ async def tokens_and_target(url: str, settings: Settings) -> tuple[str, str, int
     finally:
         await engine.dispose()
     now = SystemClock().now()
-    return (
-        issue_token(settings, admin, now),  # type: ignore[arg-type]
-        issue_token(settings, analyst, now),  # type: ignore[arg-type]
-        int(target or 1),
-    )
+    tenants = []
+    for org in orgs[:2]:
+        mine = [u for u in users if u.organization_id == org.id]
+        admin = next(u for u in mine if u.role == "ADMIN")
+        analyst = next(u for u in mine if u.role == "ANALYST")
+        created = await deskbill_command(
+            url, "apikey", "create", "--org", org.slug, "--name", "bench attacker",
+            "--role", "ANALYST", "--json",
+        )  # fmt: skip
+        tenants.append(
+            Tenant(
+                slug=org.slug,
+                admin=issue_token(settings, admin, now),  # type: ignore[arg-type]
+                attackers=(
+                    issue_token(settings, analyst, now),  # type: ignore[arg-type]
+                    json.loads(created)["key"],
+                ),
+            )
+        )
+    return tenants, int(target or 1)
 
 
 @contextlib.asynccontextmanager
-async def running_server(database_url: str, port: int, limit: int):  # type: ignore[no-untyped-def]
+async def running_server(database_url: str, port: int, limit: int, rate_limits: bool):  # type: ignore[no-untyped-def]
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "DESKBILL_WORKER": "false",
         "DESKBILL_COST_LIMIT_ANALYST": str(limit),
+        "DESKBILL_RATE_LIMITS": "true" if rate_limits else "false",
     }
     log = tempfile.TemporaryFile()
     deskbill = str(Path(sys.executable).parent / "deskbill")
@@ -182,48 +223,100 @@ async def running_server(database_url: str, port: int, limit: int):  # type: ign
         log.close()
 
 
+@dataclass
+class Outcomes:
+    """What one client's loop got: latencies of answers, and how many of each kind."""
+
+    latencies: list[float] = field(default_factory=list)
+    answered: int = 0
+    rate_limited: int = 0
+    other_errors: int = 0
+
+
 async def loop(
-    client: httpx.AsyncClient, token: str, query: str, until: float, latencies: list[float]
-) -> int:
-    errors = 0
+    client: httpx.AsyncClient, token: str, query: str, until: float, outcomes: Outcomes
+) -> None:
+    """Send ``query`` back to back until ``until``; a refusal does not slow the loop
+    (an attacker ignores ``Retry-After``)."""
     headers = {"Authorization": f"Bearer {token}"}
     while time.monotonic() < until:
         started = time.perf_counter()
         response = await client.post("/graphql", json={"query": query}, headers=headers)
-        latencies.append(time.perf_counter() - started)
-        if response.status_code != 200 or "errors" in response.json():
-            errors += 1
-    return errors
+        elapsed = time.perf_counter() - started
+        if response.status_code == 429:
+            outcomes.rate_limited += 1
+        elif response.status_code != 200 or "errors" in response.json():
+            outcomes.other_errors += 1
+        else:
+            outcomes.answered += 1
+            outcomes.latencies.append(elapsed)
 
 
 def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 async def phase(
-    base: str, tokens: tuple[str, str], seconds: float, attackers: int, heavy_query: str
-) -> tuple[list[float], list[float], int]:
-    admin, analyst = tokens
-    until = time.monotonic() + seconds
-    ordinary: list[float] = []
-    heavy: list[float] = []
-    limits = httpx.Limits(max_connections=attackers + 2)
+    base: str,
+    ordinary_token: str,
+    attacker_tokens: tuple[str, ...],
+    seconds: float,
+    warmup: float,
+    heavy_query: str,
+) -> tuple[Outcomes, Outcomes]:
+    """The ordinary client's outcomes over ``seconds``, while the attackers loop from
+    ``warmup`` seconds before it starts (so it meets their steady state) to its end."""
+    ordinary, heavy = Outcomes(), Outcomes()
+    limits = httpx.Limits(max_connections=len(attacker_tokens) + 2)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         # Warm the parser and validation caches and the pool outside the measurement.
-        await loop(client, admin, ORDINARY, time.monotonic() + 1, [])
-        jobs = [loop(client, analyst, heavy_query, until, heavy) for _ in range(attackers)]
-        results = await asyncio.gather(loop(client, admin, ORDINARY, until, ordinary), *jobs)
-    return ordinary, heavy, sum(results)
+        await loop(client, ordinary_token, ORDINARY, time.monotonic() + 1, Outcomes())
+        until = time.monotonic() + warmup + seconds
+        jobs = [loop(client, token, heavy_query, until, heavy) for token in attacker_tokens]
+
+        async def measured() -> None:
+            await asyncio.sleep(warmup if attacker_tokens else 0)
+            await loop(client, ordinary_token, ORDINARY, time.monotonic() + seconds, ordinary)
+
+        await asyncio.gather(measured(), *jobs)
+    return ordinary, heavy
+
+
+def row(label: str, ordinary: Outcomes, heavy: Outcomes | None) -> str:
+    cells = [
+        label,
+        str(ordinary.answered),
+        f"{quantile(ordinary.latencies, 0.5):.1f}",
+        f"{quantile(ordinary.latencies, 0.99):.1f}",
+        str(ordinary.rate_limited + ordinary.other_errors),
+    ]
+    if heavy is None:
+        cells += ["–", "–", "–", "–"]
+    else:
+        cells += [
+            str(heavy.answered),
+            f"{quantile(heavy.latencies, 0.5):.0f}",
+            str(heavy.rate_limited),
+            str(heavy.other_errors),
+        ]
+    return "| " + " | ".join(cells) + " |"
 
 
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--attackers", type=int, default=2)
+    parser.add_argument(
+        "--warmup", type=float, default=5, help="seconds the attackers loop before measuring"
+    )
     parser.add_argument(
         "--limit", type=int, default=Settings().cost_limit_analyst, help="the analyst's budget"
+    )
+    parser.add_argument(
+        "--no-rate-limits", action="store_true", help="run the server without cost buckets"
     )
     args = parser.parse_args(argv)
     heavy_query, shape = heaviest_allowed(args.limit)
@@ -236,40 +329,63 @@ async def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     schema = build_schema(settings)
     print(f"heavy query: {shape}, cost {query_cost(schema, heavy_query):,} "
-          f"(analyst budget {args.limit:,})")  # fmt: skip
+          f"(analyst budget {args.limit:,}); rate limits "
+          f"{'off' if args.no_rate_limits else 'on, default buckets'}")  # fmt: skip
+    port = free_port()
     try:
-        async with running_server(database_url, free_port(), args.limit) as (base, _pid):
-            admin, analyst, target = await tokens_and_target(database_url, settings)
+        async with running_server(database_url, port, args.limit, not args.no_rate_limits) as (
+            base,
+            pid,
+        ):
+            (home, other), target = await tenants_and_target(database_url, settings)
             async with httpx.AsyncClient(base_url=base, timeout=60) as client:
                 for label, document in attack_documents(target).items():
                     response = await client.post(
                         "/graphql",
                         json={"query": document},
-                        headers={"Authorization": f"Bearer {analyst}"},
+                        headers={"Authorization": f"Bearer {home.attackers[0]}"},
                     )
                     error = response.json()["errors"][0]
                     assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX", error
                     print(f"refused: {label} (cost {error['extensions']['cost']:,})")
-            tokens = (admin, analyst)
-            alone, _, errors_alone = await phase(base, tokens, args.seconds, 0, heavy_query)
-            attacked, heavy_times, errors = await phase(
-                base, tokens, args.seconds, args.attackers, heavy_query
-            )
+            cpu_before = process_cpu_seconds(pid)
+            results = [
+                ("alone", *await phase(base, home.admin, (), args.seconds, 0, heavy_query)),
+            ]
+            for label, attackers in (
+                ("2 attackers, other tenant", other.attackers),
+                ("2 attackers, same tenant", home.attackers),
+            ):
+                # Every variant meets attackers with buckets of their own: a fresh
+                # server would do, the other tenant's then the home tenant's do too.
+                ordinary, heavy = await phase(
+                    base, home.admin, attackers, args.seconds, args.warmup, heavy_query
+                )
+                results.append((label, ordinary, heavy))
+            cpu = process_cpu_seconds(pid) - cpu_before
     finally:
         await admin_statement(args.pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-    print("| phase | ordinary requests | p50 ms | p99 ms | heavy requests | heavy p50 ms |")
-    print("|---|---|---|---|---|---|")
-    print(f"| alone | {len(alone)} | {quantile(alone, 0.5):.1f} | "
-          f"{quantile(alone, 0.99):.1f} | – | – |")  # fmt: skip
-    print(f"| {args.attackers} attackers | {len(attacked)} | {quantile(attacked, 0.5):.1f} | "
-          f"{quantile(attacked, 0.99):.1f} | {len(heavy_times)} | "
-          f"{quantile(heavy_times, 0.5) if heavy_times else 0:.1f} |")  # fmt: skip
-    ratio = quantile(attacked, 0.99) / quantile(alone, 0.99)
-    print(f"p99 under attack / p99 alone = {ratio:.2f} (goal ≤ 3); "
-          f"errors: {errors_alone} alone, {errors} under attack")  # fmt: skip
+          f"{platform.python_version()}, load average {os.getloadavg()[0]:.2f}; "
+          f"server CPU {cpu:.1f} s over the phases")  # fmt: skip
+    print(
+        "| phase | ordinary answered | p50 ms | p99 ms | ordinary refused "
+        "| heavy answered | heavy p50 ms | heavy 429 | heavy other errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, ordinary, heavy in results:
+        print(row(label, ordinary, None if label == "alone" else heavy))
+    alone = quantile(results[0][1].latencies, 0.99)
+    for label, ordinary, _ in results[1:]:
+        ratio = quantile(ordinary.latencies, 0.99) / alone
+        print(f"{label}: p99 / p99 alone = {ratio:.2f} (goal ≤ 3)")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
