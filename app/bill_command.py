@@ -35,6 +35,9 @@ from services.billing import BillingRunResult
 class _AccountsPerSecond(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
+        if speed is None and task.completed and task.elapsed:
+            # A batched run reports whole batches: too few samples for rich's estimate.
+            speed = task.completed / task.elapsed
         return Text("-- accounts/s" if speed is None else f"{speed:,.0f} accounts/s")
 
 

@@ -22,7 +22,7 @@ from app.settings import Settings
 from app.state import AppState
 from app.webhook_sender import WebhookSender, sender_loop
 from app.worker import billing_loop
-from services import billing, credit, invoices
+from services import batch_billing, billing, credit, invoices
 from services.clock import Clock, SystemClock
 from services.events import log_head, newest_events
 from services.gateway import PaymentGateway, gateway_from_settings
@@ -57,6 +57,7 @@ def billing_limits(settings: Settings) -> billing.BillingLimits:
         max_periods_per_account=settings.billing_max_periods,
         concurrency=settings.billing_concurrency,
         account_seconds=settings.billing_account_seconds,
+        batch_size=settings.billing_batch_size,
     )
 
 
@@ -168,7 +169,7 @@ async def bill_once(
     """``deskbill bill --as-of``: one billing run, with the configured gateway."""
     async with engine_services(settings) as (sessionmaker, _gateway, hub):
         head = await log_head(sessionmaker)
-        result = await billing.run_billing(
+        result = await batch_billing.run_billing_batched(
             sessionmaker, None, as_of, billing_limits(settings), progress
         )
         for org, newest in (await newest_events(sessionmaker, head)).items():

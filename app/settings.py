@@ -71,6 +71,8 @@ class Settings:
     billing_max_periods: int = 12
     billing_concurrency: int = 4
     billing_account_seconds: float = 30.0
+    # Accounts per transaction of the set-based run on PostgreSQL (0: one by one).
+    billing_batch_size: int = 500
     # Browser origins allowed to call the API (CORS and websocket handshakes); none by default.
     cors_origins: tuple[str, ...] = ()
     # How often an open websocket re-checks its token and its user's access.
@@ -141,6 +143,9 @@ class Settings:
             "billing_max_periods": int(env.get("DESKBILL_BILLING_MAX_PERIODS") or 12),
             "billing_concurrency": int(env.get("DESKBILL_BILLING_CONCURRENCY") or 4),
             "billing_account_seconds": float(env.get("DESKBILL_BILLING_ACCOUNT_SECONDS") or 30),
+            "billing_batch_size": int(
+                env.get("DESKBILL_BILLING_BATCH_SIZE", cls.billing_batch_size)
+            ),
             "cors_origins": origins(env.get("DESKBILL_CORS_ORIGINS", "")),
             "ws_recheck_seconds": float(
                 env.get("DESKBILL_WS_RECHECK_SECONDS", cls.ws_recheck_seconds)

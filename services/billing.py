@@ -77,6 +77,9 @@ class BillingLimits:
     max_periods_per_account: int | None = 12
     concurrency: int = 4  # accounts billed at once (SQLite: always one writer)
     account_seconds: float = 30.0
+    # Accounts per transaction of the set-based run (services.batch_billing, PostgreSQL);
+    # 0 bills every account in its own transaction.
+    batch_size: int = 500
 
 
 DEFAULT_LIMITS = BillingLimits()
@@ -358,52 +361,76 @@ class _Run:
                 await self._jobs(entry.org)
 
     async def _account(self, org: Organization, account_id: int) -> None:
-        result = self.result
-        try:
-            # The budget covers the whole transaction, commit included; on PostgreSQL
-            # every statement in it is also under the connection's statement and lock
-            # timeouts, and the account row itself is taken with SKIP LOCKED.
-            async with asyncio.timeout(self.limits.account_seconds):
-                async with self.sessionmaker.begin() as session:
-                    outcome = await bill_account(
-                        session,
-                        org.id,
-                        account_id,
-                        self.as_of,
-                        max_periods=self.limits.max_periods_per_account,
-                    )
-        except TimeoutError:
-            log.warning(
-                "billing run: account %s took over %.0fs and was rolled back; retried next run",
-                account_id,
-                self.limits.account_seconds,
-            )
-            result.failed_accounts.append(account_id)
-            result.failures[account_id] = f"over {self.limits.account_seconds:g}s"
-            return
-        except Exception as failure:
-            # One account's failure (a bug, a constraint) must not stop the others;
-            # its transaction rolled back, so it is retried by the next run.
-            log.exception("billing run failed for account %s at %s", account_id, self.as_of)
-            result.failed_accounts.append(account_id)
-            result.failures[account_id] = type(failure).__name__
-            return
-        if outcome is None:
-            result.accounts_skipped += 1
-            return
-        result.accounts_processed += 1
-        result.invoices_finalized += outcome.finalized
-        result.invoices_discarded += outcome.discarded
-        result.status_changes += outcome.status_changes
-        result.plan_periods_added += outcome.periods_added
-        result.plans_ended += outcome.plans_ended
-        result.steps.update(outcome.steps)
-        if outcome.more_due:
-            result.accounts_continued.append(account_id)
+        await bill_account_alone(
+            self.sessionmaker, org, account_id, self.as_of, self.limits, self.result
+        )
 
     async def _jobs(self, org: Organization) -> None:
-        for job in ORG_JOBS:
-            try:
-                await job(self.sessionmaker, org, self.as_of)
-            except Exception:
-                log.exception("billing job %r failed for organization %s", job, org.id)
+        await run_org_jobs(self.sessionmaker, org, self.as_of)
+
+
+async def bill_account_alone(
+    sessionmaker: Sessionmaker,
+    org: Organization,
+    account_id: int,
+    as_of: datetime,
+    limits: BillingLimits,
+    result: BillingRunResult,
+) -> None:
+    """Bill one account in its own transaction and add what happened to ``result``:
+    a failure or an overrun rolls back this account alone and is reported."""
+    try:
+        # The budget covers the whole transaction, commit included; on PostgreSQL
+        # every statement in it is also under the connection's statement and lock
+        # timeouts, and the account row itself is taken with SKIP LOCKED.
+        async with asyncio.timeout(limits.account_seconds):
+            async with sessionmaker.begin() as session:
+                outcome = await bill_account(
+                    session,
+                    org.id,
+                    account_id,
+                    as_of,
+                    max_periods=limits.max_periods_per_account,
+                )
+    except TimeoutError:
+        log.warning(
+            "billing run: account %s took over %.0fs and was rolled back; retried next run",
+            account_id,
+            limits.account_seconds,
+        )
+        result.failed_accounts.append(account_id)
+        result.failures[account_id] = f"over {limits.account_seconds:g}s"
+        return
+    except Exception as failure:
+        # One account's failure (a bug, a constraint) must not stop the others;
+        # its transaction rolled back, so it is retried by the next run.
+        log.exception("billing run failed for account %s at %s", account_id, as_of)
+        result.failed_accounts.append(account_id)
+        result.failures[account_id] = type(failure).__name__
+        return
+    if outcome is None:
+        result.accounts_skipped += 1
+        return
+    add_outcome(result, account_id, outcome)
+
+
+def add_outcome(result: BillingRunResult, account_id: int, outcome: AccountRun) -> None:
+    """Count one billed account's outcome into the run's result."""
+    result.accounts_processed += 1
+    result.invoices_finalized += outcome.finalized
+    result.invoices_discarded += outcome.discarded
+    result.status_changes += outcome.status_changes
+    result.plan_periods_added += outcome.periods_added
+    result.plans_ended += outcome.plans_ended
+    result.steps.update(outcome.steps)
+    if outcome.more_due:
+        result.accounts_continued.append(account_id)
+
+
+async def run_org_jobs(sessionmaker: Sessionmaker, org: Organization, as_of: datetime) -> None:
+    """The organization's ``ORG_JOBS``, each on its own; a failing job is logged."""
+    for job in ORG_JOBS:
+        try:
+            await job(sessionmaker, org, as_of)
+        except Exception:
+            log.exception("billing job %r failed for organization %s", job, org.id)

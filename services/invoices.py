@@ -174,7 +174,7 @@ class LineSpec:
     plan_subscription_id: int | None = None
 
 
-def _validate_spec(spec: LineSpec) -> tuple[str, LineKind]:
+def validate_spec(spec: LineSpec) -> tuple[str, LineKind]:
     description = spec.description.strip()
     if not description:
         raise ValidationError("Every line needs a description.")
@@ -256,7 +256,7 @@ async def add_line(
             "invoices (a finalized invoice never changes).",
             invoice_id=invoice.id,
         )
-    description, kind = _validate_spec(spec)
+    description, kind = validate_spec(spec)
     line = LineItem(
         organization_id=invoice.organization_id,
         invoice_id=invoice.id,
@@ -982,7 +982,7 @@ async def create_manual_invoice(
                 )
             )
     for spec in specs:
-        _validate_spec(spec)
+        validate_spec(spec)
 
     account = await lock_account(session, org.id, account.id)
     if not account.active:

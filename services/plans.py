@@ -185,7 +185,7 @@ def _period_text(first: date, last: date | None) -> str:
     return f"{_day_text(first)} – {_day_text(last)}"
 
 
-def _period_spec(subscription: PlanSubscription, chunk: Chunk) -> LineSpec:
+def period_spec(subscription: PlanSubscription, chunk: Chunk) -> LineSpec:
     return LineSpec(
         description=f"{subscription.name}: {_period_text(chunk.start, chunk.last_day)}",
         unit_price=chunk.amount,
@@ -273,13 +273,13 @@ async def subscribe(
         billed_through = start_date
         first = chunk_from(org, subscription, start_date)
         if first is not None:
-            specs.append(_period_spec(subscription, first))
+            specs.append(period_spec(subscription, first))
             billed_through = first.end
             # Started mid-period: the next full period goes on the same invoice.
             if start_date != anchor(org, subscription):
                 following = chunk_from(org, subscription, first.end)
                 if following is not None:
-                    specs.append(_period_spec(subscription, following))
+                    specs.append(period_spec(subscription, following))
                     billed_through = following.end
         subscription.billed_through = billed_through
     if template.setup_fee:
@@ -393,7 +393,7 @@ async def bill_due_periods(
                         session, org, account, chunk.start, now=now
                     )
                     await invoices.add_line(
-                        session, org, target, _period_spec(subscription, chunk), now
+                        session, org, target, period_spec(subscription, chunk), now
                     )
                 subscription.billed_through = chunk.end
                 outcome.periods_added += 1
