@@ -171,7 +171,8 @@ class WebhookSender:
         body = event_body(job.event)
         timestamp = int(self.clock.now().timestamp())
         default_port = 443 if target.scheme == "https" else 80
-        host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
+        named = f"[{target.host}]" if ":" in target.host else target.host
+        host_header = named if target.port == default_port else f"{named}:{target.port}"
         connect_to = httpx.URL(job.url).copy_with(
             netloc=_netloc(addresses[0], target.port).encode()
         )

@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import (
@@ -77,6 +77,8 @@ FAN_OUT_BATCH = 500
 # every slot of a round while the others wait.
 CLAIM_PER_ENDPOINT = 10
 MAX_ERROR_CHARS = 500
+# A resolver that does not answer within this long refuses the host for now.
+RESOLVE_SECONDS = 5.0
 
 
 # -- addresses ----------------------------------------------------------------------
@@ -136,7 +138,11 @@ def refused_address(address: str, policy: AddressPolicy) -> str | None:
 
 async def resolve(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (an IP literal resolves to itself)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    lookup = asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = await asyncio.wait_for(lookup, RESOLVE_SECONDS)
+    except TimeoutError as exc:
+        raise OSError(f"no answer from the resolver within {RESOLVE_SECONDS:g} s") from exc
     return sorted({str(info[4][0]) for info in infos})
 
 
@@ -581,19 +587,24 @@ async def fan_out(
             if EVERY_TYPE not in endpoint.event_types:
                 stmt = stmt.where(Event.type.in_(list(endpoint.event_types)))
             rows = (await session.execute(stmt)).all()
-            for event_id, event_type in rows:
-                session.add(
-                    WebhookDelivery(
-                        organization_id=endpoint.organization_id,
-                        endpoint_id=endpoint.id,
-                        event_id=event_id,
-                        event_type=event_type,
-                        status=WebhookDeliveryStatus.PENDING,
-                        attempt_count=0,
-                        next_attempt_at=now,
-                        retrying_since=now,
-                        created_at=now,
-                    )
+            if rows:
+                # One executemany for the batch, whatever its size.
+                await session.execute(
+                    insert(WebhookDelivery),
+                    [
+                        {
+                            "organization_id": endpoint.organization_id,
+                            "endpoint_id": endpoint.id,
+                            "event_id": event_id,
+                            "event_type": event_type,
+                            "status": WebhookDeliveryStatus.PENDING,
+                            "attempt_count": 0,
+                            "next_attempt_at": now,
+                            "retrying_since": now,
+                            "created_at": now,
+                        }
+                        for event_id, event_type in rows
+                    ],
                 )
             # A full batch stops at its last row; a short one has read all there is.
             endpoint.event_cursor = rows[-1][0] if len(rows) == FAN_OUT_BATCH else horizon
@@ -623,28 +634,40 @@ async def claim_due(
 ) -> list[DeliveryJob]:
     """Up to ``limit`` due deliveries of enabled endpoints, oldest due first, each held
     for ``lease`` (its next attempt moves that far ahead until the attempt is recorded)."""
+    due = (
+        WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
+        WebhookDelivery.next_attempt_at <= now,
+    )
     async with sessionmaker.begin() as session:
-        candidates = list(
-            await session.scalars(
-                select(WebhookDelivery)
+        # Candidates first, unlocked: locking them all would hide from other workers
+        # the ones this claim leaves for lack of room.
+        candidates = (
+            await session.execute(
+                select(WebhookDelivery.id, WebhookDelivery.endpoint_id)
                 .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-                .where(
-                    WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
-                    WebhookDelivery.next_attempt_at <= now,
-                    WebhookEndpoint.status == WebhookEndpointStatus.ENABLED,
-                )
+                .where(*due, WebhookEndpoint.status == WebhookEndpointStatus.ENABLED)
                 .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
                 .limit(limit * 4)
-                .with_for_update(of=WebhookDelivery, skip_locked=True)
+            )
+        ).all()
+        per_endpoint: dict[int, int] = {}
+        picked: list[int] = []
+        for delivery_id, endpoint_id in candidates:
+            taken = per_endpoint.get(endpoint_id, 0)
+            if taken < CLAIM_PER_ENDPOINT and len(picked) < limit:
+                per_endpoint[endpoint_id] = taken + 1
+                picked.append(delivery_id)
+        if not picked:
+            return []
+        # Then lock the picked ones still due; another worker's are skipped.
+        chosen = list(
+            await session.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(picked), *due)
+                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+                .with_for_update(skip_locked=True)
             )
         )
-        per_endpoint: dict[int, int] = {}
-        chosen: list[WebhookDelivery] = []
-        for delivery in candidates:
-            taken = per_endpoint.get(delivery.endpoint_id, 0)
-            if taken < CLAIM_PER_ENDPOINT and len(chosen) < limit:
-                per_endpoint[delivery.endpoint_id] = taken + 1
-                chosen.append(delivery)
         if not chosen:
             return []
         endpoints = {
