@@ -7,6 +7,7 @@ test fixtures rely on that). Nothing here imports the rest of Deskbill.
 from models.account import Account, TeamMembership, User
 from models.base import Base
 from models.booking import Booking
+from models.document import DocumentIssuer
 from models.enums import (
     AccountKind,
     AdditionalChargesPolicy,
@@ -47,6 +48,7 @@ __all__ = [
     "BookingStatus",
     "CreditAllocation",
     "CreditNoteStatus",
+    "DocumentIssuer",
     "DocumentType",
     "Event",
     "IdempotencyRecord",
