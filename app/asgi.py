@@ -27,6 +27,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from app.analytics_exports import analytics_export_routes
 from app.auth import TokenError, authenticate, bearer_token
 from app.connections import LiveConnection
+from app.documents import document_routes
 from app.edge import Edge, StrictGraphQLRequests
 from app.exports import export_routes
 from app.graphiql import graphiql_page, graphiql_routes
@@ -208,6 +209,7 @@ def create_app(
             Route("/metrics", metrics_endpoint(state)),
             *extra_routes(state),
             *export_routes(state),
+            *document_routes(state),
             *analytics_export_routes(state),
             *(graphiql_routes() if settings.graphiql else []),
         ],

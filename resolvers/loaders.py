@@ -34,6 +34,7 @@ from models.enums import OUTSTANDING_STATUSES
 from resolvers import mapping
 from resolvers.viewer import Viewer
 from schema import types as t
+from services.documents import current_issuer
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -115,6 +116,9 @@ class Loaders:
         self.available_credit: DataLoader[int, t.Money] = DataLoader(self._available_credit)
         self.balance_due_by_account: DataLoader[int, t.Money] = DataLoader(self._balance_due)
         self.invoice_policy: DataLoader[int, t.InvoicePolicy] = DataLoader(self._policy)
+        self.document_issuer: DataLoader[int, t.DocumentIssuer | None] = DataLoader(
+            self._document_issuer
+        )
 
     # -- generic shapes -------------------------------------------------------
 
@@ -209,3 +213,9 @@ class Loaders:
                 )
             )
         return [mapping.invoice_policy(orgs[k], k in locked) for k in keys]
+
+    async def _document_issuer(self, keys: Sequence[int]) -> list[t.DocumentIssuer | None]:
+        # Only the viewer's organization is ever asked for (Organization is the viewer's).
+        async with self._sessionmaker() as session:
+            found = {k: await current_issuer(session, k) for k in keys}
+        return [None if (row := found[k]) is None else mapping.document_issuer(row) for k in keys]

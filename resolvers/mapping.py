@@ -7,6 +7,7 @@ import strawberry
 from models import Account as AccountRow
 from models import Booking as BookingRow
 from models import CreditAllocation as AllocationRow
+from models import DocumentIssuer as IssuerRow
 from models import Event as EventRow
 from models import Invoice as InvoiceRow
 from models import LineItem as LineRow
@@ -80,6 +81,14 @@ def invoice_policy(row: OrganizationRow, billing_day_locked: bool) -> t.InvoiceP
         autopay_retry_hours=row.autopay_retry_hours,
         default_tax_rate=m.tax_rate_percent(row.default_tax_rate_ppm),
     )
+
+
+def document_issuer(row: IssuerRow) -> t.DocumentIssuer:
+    return t.DocumentIssuer(
+        legal_name=row.legal_name, address=row.address, tax_id=row.tax_id,
+        has_logo=row.logo_media_type is not None, logo_media_type=row.logo_media_type,
+        valid_from=row.valid_from,
+    )  # fmt: skip
 
 
 def user(row: UserRow) -> t.User:

@@ -5,16 +5,16 @@ from strawberry.tools import merge_types
 from resolvers.identity import IdentityMutations
 from resolvers.mutations.billing import BillingMutations
 from resolvers.mutations.credit import CreditMutations
+from resolvers.mutations.documents import DocumentMutations
 from resolvers.mutations.payments import PaymentMutations
 from resolvers.webhooks import WebhookMutations
 
-Mutation = merge_types(
-    "Mutation",
-    (
-        BillingMutations,
-        CreditMutations,
-        PaymentMutations,
-        IdentityMutations,
-        WebhookMutations,
-    ),
+_GROUPS = (
+    BillingMutations,
+    CreditMutations,
+    PaymentMutations,
+    IdentityMutations,
+    WebhookMutations,
+    DocumentMutations,
 )
+Mutation = merge_types("Mutation", _GROUPS)

@@ -27,6 +27,20 @@ class InvoicePolicyInput:
     default_tax_rate: Decimal | None = None
 
 
+@strawberry.input(description="The legal details on documents; only the fields given change.")
+class DocumentIssuerInput:
+    legal_name: str | None = None
+    address: str | None = strawberry.field(
+        default=None, description="Several lines are kept as written."
+    )
+    tax_id: str | None = None
+    logo_base64: str | None = strawberry.field(
+        default=None,
+        description="A PNG or JPEG of at most 200 KiB (and 2000 pixels a side), base64-encoded.",
+    )
+    remove_logo: bool = False
+
+
 @strawberry.input
 class CreateUserInput:
     email: str

@@ -52,6 +52,11 @@ MAX_TEXT = {
     "types": 64,
     "event_types": 64,
     "url": 2048,
+    "legal_name": 200,
+    "address": 1000,
+    "tax_id": 64,
+    # Base64 of the largest logo accepted (200 KiB), with room for line breaks.
+    "logo_base64": 280_000,
 }
 # Any other text (ids, cursors, enum-like strings) is short; this bounds what slips by.
 DEFAULT_MAX_TEXT = 1000

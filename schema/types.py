@@ -68,6 +68,19 @@ class InvoicePolicy:
     default_tax_rate: Decimal
 
 
+@strawberry.type(
+    description="The legal details invoice documents carry. Each change is a new version: "
+    "a document finalized earlier keeps the version it was issued with."
+)
+class DocumentIssuer:
+    legal_name: str
+    address: str
+    tax_id: str
+    has_logo: bool
+    logo_media_type: str | None
+    valid_from: datetime = strawberry.field(description="When this version came into force.")
+
+
 @strawberry.type
 class Organization(Node):
     name: str
@@ -88,6 +101,11 @@ class Organization(Node):
     async def invoice_policy(self, info: Info) -> InvoicePolicy:
         policy: InvoicePolicy = await _loaders(info).invoice_policy.load(self.pk)
         return policy
+
+    @strawberry.field(description="The legal details on its documents; null until first set.")
+    async def document_issuer(self, info: Info) -> DocumentIssuer | None:
+        issuer: DocumentIssuer | None = await _loaders(info).document_issuer.load(self.pk)
+        return issuer
 
 
 @strawberry.type
@@ -279,6 +297,12 @@ class Event(Node):
     actor_id: strawberry.ID | None
 
 
+def document_path(global_id: str, *, credit_note: bool, extension: str = "pdf") -> str:
+    """The route of a document (app/documents.py serves it)."""
+    kind = "credit-notes" if credit_note else "invoices"
+    return f"/documents/{kind}/{global_id}.{extension}"
+
+
 @strawberry.interface(description="Fields shared by invoices and credit notes.")
 class InvoiceDocument(Node):
     number: str | None
@@ -317,6 +341,14 @@ class InvoiceDocument(Node):
     async def history(self, info: Info) -> list[Event]:
         events: list[Event] = await _loaders(info).events_by_invoice.load(self.pk)
         return events
+
+    @strawberry.field(
+        description="Where this document's PDF is, relative to the API's address: GET it "
+        "with the same bearer token (`.html` instead of `.pdf` for the same as a web page). "
+        "A draft is drawn marked DRAFT, a void document marked VOID."
+    )
+    def document_url(self) -> str:
+        return document_path(self.id, credit_note=isinstance(self, CreditNote))
 
     @strawberry.field(description="The invoice this document was split from, if any.")
     async def source_invoice(self, info: Info) -> Invoice | None:

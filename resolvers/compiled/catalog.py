@@ -30,6 +30,8 @@ class Column:
     sql: str
     # For a GID: the type named in the id, when it is not the type being read.
     id_type: str | None = None
+    # Text written before and after the value (a document's URL around its id).
+    affix: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,12 @@ _DOCUMENT_ID = Column(Leaf.GID, "{t}.id", id_type="Invoice")
 
 _T, _I, _B, _D, _S = Leaf.TEXT, Leaf.INT, Leaf.BOOL, Leaf.DATE, Leaf.INSTANT
 
+
+def _document_url(kind: str) -> Column:
+    """``schema.types.document_path``: the route of the document, around its id."""
+    return Column(Leaf.GID, "{t}.id", id_type="Invoice", affix=(f"/documents/{kind}/", ".pdf"))
+
+
 _DOCUMENT: dict[str, Field] = {
     "number": Column(_T, "{t}.number"),
     "documentType": Column(_T, "{t}.document_type"),
@@ -102,6 +110,7 @@ TYPES: dict[str, ObjectType] = {
             "id": _DOCUMENT_ID,
             **_DOCUMENT,
             "status": Column(_T, "{t}.status"),
+            "documentUrl": _document_url("invoices"),
             "paidAt": Column(_S, "{t}.paid_at"),
             "amountPaid": Amount("{t}.amount_paid", "{t}.currency"),
             "creditApplied": Amount("{t}.credit_applied", "{t}.currency"),
@@ -122,6 +131,7 @@ TYPES: dict[str, ObjectType] = {
             "id": _DOCUMENT_ID,
             **_DOCUMENT,
             "status": Column(_T, "coalesce({t}.credit_note_status, 'AVAILABLE')"),
+            "documentUrl": _document_url("credit-notes"),
             "originalCredit": Amount("(-{t}.total)", "{t}.currency"),
             "allocatedCredit": Amount("{t}.credit_allocated", "{t}.currency"),
             "refundedCredit": Amount("{t}.credit_refunded", "{t}.currency"),

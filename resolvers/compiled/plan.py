@@ -79,7 +79,10 @@ def _emit(node: Node, d: Dialect, alias: str, currency: str, aliases: Iterator[i
     for key, part in node.parts:
         if isinstance(part, Column):
             id_type = part.id_type or node.type_name
-            pairs.append((key, d.leaf(part.leaf, part.sql.format(t=alias), id_type)))
+            value = d.leaf(part.leaf, part.sql.format(t=alias), id_type)
+            if part.affix is not None:
+                value = f"({quote(part.affix[0])} || {value} || {quote(part.affix[1])})"
+            pairs.append((key, value))
         elif isinstance(part, Typename):
             pairs.append((key, quote(part.name)))
         elif isinstance(part, MoneyPart):

@@ -56,7 +56,7 @@ async def _both(
 
 
 Q1 = """query Q1($id: ID!) { invoice(id: $id) {
-  id number status dueDate issueDate createdAt finalizedAt paidAt documentType currency
+  id number status dueDate issueDate createdAt finalizedAt paidAt documentType currency documentUrl
   account { id name kind email active autopay hasPaymentMethod createdAt }
   lines { id kind description quantity unitPrice { amount } amount { amount currency }
           tax { amount } total { amount formatted } periodStart createdAt }
@@ -95,7 +95,7 @@ FIXED = [
     (Q3, {"filter": {"hasBalance": True, "total": {"min": "10.00"}}}),
     (Q3, {"filter": {"status": []}}),
     (
-        """{ creditNotes { totalCount nodes { id number status currency issueDate
+        """{ creditNotes { totalCount nodes { id number status currency issueDate documentUrl
              originalCredit { amount formatted } remainingCredit { amount }
              allocations { amount { amount } invoice { number balanceDue { amount } } }
              account { name } } } }""",
