@@ -17,6 +17,8 @@ from models.enums import (
     DocumentType,
     InvoiceStatus,
     LineKind,
+    NotificationKind,
+    NotificationStatus,
     PaymentMethod,
     PaymentStatus,
     PaymentType,
@@ -32,6 +34,7 @@ from models.event import Event
 from models.idempotency import IdempotencyRecord, ProcessedWebhook
 from models.identity import ApiKey, InstanceSecret
 from models.invoice import CreditAllocation, Invoice, LineItem
+from models.notification import Notification, NotificationCursor
 from models.organization import Organization
 from models.payment import Payment, Refund
 from models.plan import PlanSubscription, PlanTemplate
@@ -57,6 +60,10 @@ __all__ = [
     "InvoiceStatus",
     "LineItem",
     "LineKind",
+    "Notification",
+    "NotificationCursor",
+    "NotificationKind",
+    "NotificationStatus",
     "Organization",
     "Payment",
     "PaymentMethod",

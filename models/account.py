@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, String, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigId, created_column, enum_check, id_column, org_column
@@ -56,6 +56,10 @@ class Account(Base):
     autopay: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     default_payment_method_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The member may turn off upcoming-invoice reminders (never receipts).
+    reminders: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=True, server_default=true()
+    )
     created_at: Mapped[datetime] = created_column()
 
 

@@ -131,3 +131,29 @@ class WebhookDeliveryStatus(StrEnum):
     PENDING = "PENDING"  # waiting for its first attempt or its next retry
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"  # retried for the whole retry window; only a resend tries again
+
+
+class NotificationKind(StrEnum):
+    """What a notification tells; admins' kinds start with ``ADMIN_``."""
+
+    INVOICE_UPCOMING = "INVOICE_UPCOMING"
+    INVOICE_FINALIZED = "INVOICE_FINALIZED"
+    INVOICE_SENT = "INVOICE_SENT"
+    PAYMENT_SUCCEEDED = "PAYMENT_SUCCEEDED"
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+    AUTOPAY_RETRY_SCHEDULED = "AUTOPAY_RETRY_SCHEDULED"
+    CREDIT_NOTE_ISSUED = "CREDIT_NOTE_ISSUED"
+    REFUND_ISSUED = "REFUND_ISSUED"
+    ADMIN_AUTOPAY_FAILED = "ADMIN_AUTOPAY_FAILED"
+    ADMIN_OVERDUE_DIGEST = "ADMIN_OVERDUE_DIGEST"
+
+
+class NotificationStatus(StrEnum):
+    """PENDING waits for a send; SENDING is claimed by a worker (its lease runs until
+    ``next_attempt_at``); NOT_SENT is recorded while no SMTP server is configured."""
+
+    PENDING = "PENDING"
+    SENDING = "SENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+    NOT_SENT = "NOT_SENT"

@@ -22,6 +22,7 @@ class Organization(Base):
         CheckConstraint("next_invoice_number >= 1", name="invoice_number_positive"),
         CheckConstraint("next_credit_note_number >= 1", name="credit_note_number_positive"),
         enum_check("additional_charges", AdditionalChargesPolicy),
+        CheckConstraint("reminder_days BETWEEN 0 AND 60", name="reminder_days_range"),
     )
 
     id: Mapped[int] = id_column()
@@ -50,6 +51,17 @@ class Organization(Base):
     sandbox: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )
+
+    # E-mail notifications: the reminder's lead in days (0 = no reminders), the kinds
+    # turned off (comma-separated NotificationKind names), and the sender's addresses.
+    reminder_days: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=2, server_default="2"
+    )
+    notifications_off: Mapped[str] = mapped_column(
+        String(500), nullable=False, default="", server_default=""
+    )
+    email_from: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    email_reply_to: Mapped[str | None] = mapped_column(String(254), nullable=True)
 
     # Gap-free number series, advanced only under this row's lock in the
     # transaction that finalizes the invoice (a sequence would leave gaps on rollback).
