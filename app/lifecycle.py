@@ -1,6 +1,7 @@
 """What starts and stops with a process: the payment gateway and the engine hooks
-that need it, the event hub (broadcast channel), the billing worker and the outbound
-webhook sender beside it (a task of its own, so a slow receiver never holds billing)."""
+that need it, the event hub (broadcast channel), the billing worker, and beside it
+(tasks of their own, so a slow receiver never holds billing) the outbound webhook
+sender and the e-mail notification loop with its mailer."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from app.realtime import EventHub
 from app.settings import Settings
 from app.state import AppState
 from app.webhook_sender import WebhookSender, sender_loop
-from app.worker import billing_loop
+from app.worker import billing_loop, notification_loop
 from services import batch_billing, billing, credit, invoices
 from services.clock import Clock, SystemClock
 from services.events import log_head, newest_events
 from services.gateway import PaymentGateway, gateway_from_settings
+from services.mailer import Mailer, mailer_from_url
+from services.notifications import NotificationConfig
 from services.outbound_webhooks import AddressPolicy
 from services.payments import register_payment_jobs
 
@@ -88,6 +91,20 @@ async def stop_task(task: asyncio.Task[Any] | None) -> None:
             await task
 
 
+def build_mailer(settings: Settings) -> Mailer:
+    return mailer_from_url(settings.smtp_url)
+
+
+def notification_config(settings: Settings) -> NotificationConfig:
+    return NotificationConfig(
+        public_url=settings.public_url,
+        default_sender=settings.smtp_from,
+        pay_link_days=settings.pay_link_days,
+        max_attempts=settings.notify_max_attempts,
+        backoff_seconds=settings.notify_backoff_seconds,
+    )
+
+
 def build_gateway(settings: Settings) -> PaymentGateway:
     return gateway_from_settings(
         settings.stripe_api_key, settings.stripe_webhook_secret, settings.stripe_api_base
@@ -116,10 +133,19 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
     )  # fmt: skip
     state.services["webhook_sender"] = sender
     state.services["webhook_policy"] = sender.policy
+    mailer = state.services.get("mailer") or build_mailer(settings)
+    state.services["mailer"] = mailer
     worker: asyncio.Task[None] | None = None
     webhooks: asyncio.Task[None] | None = None
+    mail: asyncio.Task[None] | None = None
     if settings.worker_enabled if start_worker is None else start_worker:
         webhooks = asyncio.create_task(sender_loop(sender, settings.webhook_interval_seconds))
+        mail = asyncio.create_task(
+            notification_loop(
+                state.sessionmaker, state.clock, settings.worker_interval_seconds, mailer,
+                notification_config(settings),
+            )  # fmt: skip
+        )
         worker = asyncio.create_task(
             billing_loop(
                 state.sessionmaker,
@@ -135,6 +161,7 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
     finally:
         await stop_task(worker)
         await stop_task(webhooks)
+        await stop_task(mail)
         await sender.aclose()
         await stop_hub(hub)
         state.services.pop("hub", None)
@@ -197,9 +224,15 @@ async def run_worker(settings: Settings) -> None:
         )
         sender = build_sender(settings, sessionmaker, hub, SystemClock())
         webhooks = asyncio.create_task(sender_loop(sender, settings.webhook_interval_seconds))
+        mail = asyncio.create_task(
+            notification_loop(
+                sessionmaker, SystemClock(), settings.worker_interval_seconds,
+                build_mailer(settings), notification_config(settings),
+            )  # fmt: skip
+        )
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({clock, stopped}, return_when=asyncio.FIRST_COMPLETED)
         log.info("worker stopping")
-        for task in (clock, webhooks, stopped):
+        for task in (clock, webhooks, mail, stopped):
             await stop_task(task)
         await sender.aclose()

@@ -1,4 +1,5 @@
-"""Plain HTTP routes beside /graphql: the Stripe webhook.
+"""Plain HTTP routes beside /graphql: the Stripe webhook, and the pay-link page
+(``app.paypage``).
 
 ``POST /webhooks/stripe`` hands the raw body and the ``Stripe-Signature`` header to
 ``handle_stripe_webhook``: a bad signature, a stale timestamp or a malformed event is
@@ -14,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from app.metrics import Metrics
+from app.paypage import pay_routes
 from app.state import AppState
 from services.events import log_head, newest_events
 from services.gateway import InvalidWebhookError, OffGateway
@@ -58,4 +60,4 @@ def _count(state: AppState, outcome: str) -> None:
 
 
 def extra_routes(state: AppState) -> list[BaseRoute]:
-    return [stripe_webhook(state)]
+    return [stripe_webhook(state), *pay_routes(state)]

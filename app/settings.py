@@ -110,6 +110,15 @@ class Settings:
     webhook_timeout_seconds: float = 10.0
     webhook_concurrency: int = 8
     webhook_interval_seconds: float = 2.0
+    # E-mail notifications (services.notifications): the SMTP server (unset: recorded,
+    # not sent), the sender when an organization names none, the address pay links in
+    # e-mails point at, how long a pay link works, and delivery retries.
+    smtp_url: str | None = None
+    smtp_from: str = "deskbill@localhost"
+    public_url: str = "http://127.0.0.1:8000"
+    pay_link_days: int = 30
+    notify_max_attempts: int = 8
+    notify_backoff_seconds: float = 60.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -183,6 +192,16 @@ class Settings:
                 env.get("DESKBILL_WEBHOOK_INTERVAL") or cls.webhook_interval_seconds
             ),
         }
+        values["smtp_url"] = env.get("DESKBILL_SMTP_URL") or None
+        values["smtp_from"] = env.get("DESKBILL_SMTP_FROM") or cls.smtp_from
+        values["public_url"] = (env.get("DESKBILL_PUBLIC_URL") or cls.public_url).rstrip("/")
+        values["pay_link_days"] = int(env.get("DESKBILL_PAY_LINK_DAYS") or cls.pay_link_days)
+        values["notify_max_attempts"] = int(
+            env.get("DESKBILL_NOTIFY_MAX_ATTEMPTS") or cls.notify_max_attempts
+        )
+        values["notify_backoff_seconds"] = float(
+            env.get("DESKBILL_NOTIFY_BACKOFF_SECONDS") or cls.notify_backoff_seconds
+        )
         values["persisted_queries"] = env.get("DESKBILL_PERSISTED_QUERIES") or "auto"
         values["persisted_queries_file"] = env.get("DESKBILL_PERSISTED_QUERIES_FILE") or None
         values.update(overrides)

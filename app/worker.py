@@ -1,4 +1,5 @@
-"""The billing clock as a loop: every few seconds, one billing run for "now".
+"""The billing clock as a loop: every few seconds, one billing run for "now"; and
+beside it the notification loop, which turns the event log into e-mails.
 
 It runs inside the server (``DESKBILL_WORKER=true``) or alone (``deskbill worker``,
 started by ``app.lifecycle``);
@@ -18,6 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services import batch_billing, billing
 from services.clock import Clock
 from services.events import log_head, newest_events
+from services.mailer import Mailer
+from services.notifications import NotificationConfig, notify_once
+from services.paylinks import pay_link_secret
 
 log = logging.getLogger("deskbill.worker")
 
@@ -57,4 +61,31 @@ async def billing_loop(
             log.exception("billing run failed; retrying in %.1fs", interval)
             if observe is not None:
                 observe(None, time.perf_counter() - started)
+        await asyncio.sleep(interval)
+
+
+async def notification_loop(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    clock: Clock,
+    interval: float,
+    mailer: Mailer,
+    config: NotificationConfig,
+) -> None:
+    """Derive and deliver e-mail notifications until cancelled (services.notifications).
+    Every step is idempotent, so a cancelled or crashed round is simply done again."""
+    secret: str | None = None
+    while True:
+        try:
+            if secret is None:
+                secret = await pay_link_secret(sessionmaker, clock.now())
+            result = await notify_once(sessionmaker, mailer, config, secret, clock.now())
+            if result.sent or result.failed or result.recorded:
+                log.info(
+                    "notifications: %d sent, %d failed (will retry), %d recorded (SMTP off)",
+                    result.sent, result.failed, result.recorded,
+                )  # fmt: skip
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("notification round failed; retrying in %.1fs", interval)
         await asyncio.sleep(interval)

@@ -8,6 +8,7 @@ from resolvers.mutations.credit import CreditMutations
 from resolvers.mutations.documents import DocumentMutations
 from resolvers.mutations.payments import PaymentMutations
 from resolvers.webhooks import WebhookMutations
+from resolvers.notifications import NotificationMutations
 
 _GROUPS = (
     BillingMutations,
@@ -16,5 +17,6 @@ _GROUPS = (
     IdentityMutations,
     WebhookMutations,
     DocumentMutations,
+    NotificationMutations,
 )
 Mutation = merge_types("Mutation", _GROUPS)

@@ -35,6 +35,7 @@ from models.enums import OUTSTANDING_STATUSES
 from resolvers import identity, mapping, webhooks
 from resolvers.analytics import AnalyticsQuery
 from resolvers.context import Viewer
+from resolvers.notifications import NotificationQuery
 from resolvers.pagination import Ordering, encode_cursor, paginate, parse_sequence_cursor
 from resolvers.permissions import (
     account_scope,
@@ -247,7 +248,7 @@ def _connection_args(first: int | None, after: str | None) -> dict[str, Any]:
 
 
 @strawberry.type
-class Query(AnalyticsQuery):
+class Query(AnalyticsQuery, NotificationQuery):
     @strawberry.field(description="Who is asking: role, user, organization, visible accounts.")
     async def viewer(self, info: Info) -> t.Viewer:
         who = viewer(info)

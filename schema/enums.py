@@ -13,6 +13,8 @@ from models.enums import (
     DocumentType,
     InvoiceStatus,
     LineKind,
+    NotificationKind,
+    NotificationStatus,
     PaymentMethod,
     PaymentStatus,
     PaymentType,
@@ -42,6 +44,8 @@ for _domain_enum in (
     PaymentMethod,
     RefundStatus,
     RefundMethod,
+    NotificationKind,
+    NotificationStatus,
 ):
     strawberry.enum(_domain_enum)
 

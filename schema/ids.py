@@ -31,6 +31,7 @@ TYPE_NAMES = frozenset(
         "ApiKey",
         "WebhookEndpoint",
         "WebhookDelivery",
+        "Notification",
     }
 )
 

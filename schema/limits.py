@@ -40,6 +40,9 @@ MAX_LIST_ITEMS = 1000
 # Free text by field name (the Python name of an argument or input field).
 MAX_TEXT = {
     "email": 254,
+    "email_from": 254,
+    "email_reply_to": 254,
+    "recipient": 254,
     "name": 200,
     "resource_name": 200,
     "description": 500,

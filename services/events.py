@@ -25,6 +25,8 @@ class EventType:
     INVOICE_PAID = "invoice.paid"
     INVOICE_VOIDED = "invoice.voided"
     INVOICE_UNVOIDED = "invoice.unvoided"
+    # An admin sent the invoice by e-mail (sendInvoice); the notification worker does.
+    INVOICE_SENT = "invoice.sent"
     LINE_ITEM_ADDED = "line_item.added"
     LINE_ITEM_REMOVED = "line_item.removed"
     LINE_ITEM_MOVED = "line_item.moved"

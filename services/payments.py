@@ -487,11 +487,12 @@ async def _open_card_payment(
     off_session: bool,
     type_: PaymentType,
     actor_user_id: int | None,
+    statuses: Sequence[InvoiceStatus] | None = None,
 ) -> Payment:
     """Transaction 1: the PENDING row, and the invoice to PROCESSING."""
     account, invoice = await _lock_invoice_and_account(session, org_id, invoice_id)
     if off_session:
-        statuses: Sequence[InvoiceStatus] = (InvoiceStatus.DUE, InvoiceStatus.OVERDUE)
+        statuses = statuses or (InvoiceStatus.DUE, InvoiceStatus.OVERDUE)
         what = "charging the saved card"
     else:
         statuses = OUTSTANDING_STATUSES
@@ -719,6 +720,38 @@ async def charge_now(
         idempotency_key=idempotency_key,
     )
     return started.payment
+
+
+async def open_saved_card_payment(
+    session: AsyncSession, org_id: int, invoice_id: int, now: datetime
+) -> Payment:
+    """Transaction 1 of a payment from an e-mail's pay link: the member confirms, and
+    the account's saved card is charged off-session for the balance of an
+    UPCOMING/DUE/OVERDUE invoice. Does not commit; ``drive_card_payment`` follows."""
+    return await _open_card_payment(
+        session,
+        org_id,
+        invoice_id,
+        now,
+        off_session=True,
+        type_=PaymentType.MANUAL,
+        actor_user_id=None,
+        statuses=OUTSTANDING_STATUSES,
+    )
+
+
+async def drive_card_payment(
+    sessionmaker: Sessionmaker,
+    gateway: PaymentGateway,
+    org_id: int,
+    payment_id: int,
+    now: datetime,
+) -> Payment:
+    """Steps 2 and 3 for a payment row opened by ``open_saved_card_payment``: a
+    decline is not an exception, the payment comes back FAILED with its reason."""
+    return (
+        await _drive(sessionmaker, gateway, org_id, payment_id, now, raise_refusal=False)
+    ).payment
 
 
 async def ensure_customer(

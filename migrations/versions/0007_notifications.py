@@ -69,15 +69,11 @@ def upgrade() -> None:
             "event_id", "recipient", "kind", name=op.f("uq_notifications_event_id_recipient_kind")
         ),
     )
-    op.create_index(
-        op.f("ix_notifications_organization_id"), "notifications", ["organization_id"]
-    )
+    op.create_index(op.f("ix_notifications_organization_id"), "notifications", ["organization_id"])
     op.create_index(op.f("ix_notifications_event_id"), "notifications", ["event_id"])
     op.create_index(op.f("ix_notifications_account_id"), "notifications", ["account_id"])
     op.create_index("ix_notifications_org_id", "notifications", ["organization_id", "id"])
-    op.create_index(
-        "ix_notifications_status_next", "notifications", ["status", "next_attempt_at"]
-    )
+    op.create_index("ix_notifications_status_next", "notifications", ["status", "next_attempt_at"])
     op.create_table(
         "notification_cursors",
         sa.Column("name", sa.String(length=32), nullable=False),
@@ -90,9 +86,7 @@ def upgrade() -> None:
             sa.Column("reminder_days", sa.Integer(), nullable=False, server_default="2")
         )
         batch.add_column(
-            sa.Column(
-                "notifications_off", sa.String(length=500), nullable=False, server_default=""
-            )
+            sa.Column("notifications_off", sa.String(length=500), nullable=False, server_default="")
         )
         batch.add_column(sa.Column("email_from", sa.String(length=254), nullable=True))
         batch.add_column(sa.Column("email_reply_to", sa.String(length=254), nullable=True))
