@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from typing import Protocol
@@ -18,6 +19,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 
 from services.errors import ValidationError
+
+_WIRE = policy.SMTP.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ class OutgoingMail:
         msg.set_content(self.text)
         msg.add_alternative(self.html, subtype="html")
         return msg
+
+    def as_bytes(self) -> bytes:
+        """The message as sent. Headers are folded at 998 characters (RFC 5322's
+        limit) rather than 78: the standard library folds a long subject right after
+        "Subject:", which readers then show with a leading space."""
+        return self.message().as_bytes(policy=_WIRE)
 
 
 class MailDeliveryError(Exception):
@@ -82,7 +91,9 @@ class SmtpMailer:
     async def send(self, mail: OutgoingMail) -> None:
         try:
             await aiosmtplib.send(
-                mail.message(),
+                mail.as_bytes(),
+                sender=mail.sender,
+                recipients=[mail.to],
                 hostname=self.hostname,
                 port=self.port,
                 username=self.username,

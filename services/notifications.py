@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -104,6 +104,21 @@ class NotificationConfig:
     max_backoff_seconds: float = 6 * 3600.0
     lease_seconds: float = 300.0
     batch_size: int = 200
+
+
+T = TypeVar("T")
+
+
+async def to_the_end(work: Awaitable[T]) -> T:
+    """Await ``work`` and, if the caller is cancelled meanwhile, let it finish first:
+    a worker stopped mid-round stops between its transactions, never inside one
+    (a transaction cut at an ``await`` can leave SQLite's write lock held)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 # --------------------------------------------------------------------------- settings
@@ -638,16 +653,25 @@ async def derive_scheduled(
         org_ids = list(await session.scalars(select(Organization.id).order_by(Organization.id)))
     made = 0
     for org_id in org_ids:
-        async with sessionmaker() as session, session.begin():
-            org = await session.get(Organization, org_id)
-            if org is None:
-                continue
-            derivation = _Derivation(session, org, config, now)
-            today = local_today(org, now)
-            if kind_on(org, NotificationKind.INVOICE_UPCOMING):
-                made += await _reminders(derivation, today, secret)
-            if kind_on(org, NotificationKind.ADMIN_OVERDUE_DIGEST):
-                made += await _digests(derivation, today, secret)
+        made += await to_the_end(_scheduled_for(sessionmaker, org_id, config, secret, now))
+    return made
+
+
+async def _scheduled_for(
+    sessionmaker: Sessionmaker, org_id: int, config: NotificationConfig, secret: str,
+    now: datetime,
+) -> int:  # fmt: skip
+    made = 0
+    async with sessionmaker() as session, session.begin():
+        org = await session.get(Organization, org_id)
+        if org is None:
+            return 0
+        derivation = _Derivation(session, org, config, now)
+        today = local_today(org, now)
+        if kind_on(org, NotificationKind.INVOICE_UPCOMING):
+            made += await _reminders(derivation, today, secret)
+        if kind_on(org, NotificationKind.ADMIN_OVERDUE_DIGEST):
+            made += await _digests(derivation, today, secret)
     return made
 
 
@@ -771,6 +795,25 @@ async def deliver_due(
     sessionmaker: Sessionmaker, mailer: Mailer, config: NotificationConfig, now: datetime
 ) -> DeliveryResult:
     """Send what is due (PENDING whose time has come, SENDING whose lease ran out)."""
+    claimed = await to_the_end(_claim(sessionmaker, mailer, config, now))
+    if not mailer.enabled:
+        return DeliveryResult(recorded=len(claimed))
+    sent = failed = 0
+    for note_id, attempts, mail in claimed:
+        # Sending and recording the outcome run to the end even when the worker is
+        # cancelled meanwhile: a message the server accepted is then always marked
+        # SENT, never sent again after the lease.
+        ok = await to_the_end(
+            _send_and_record(sessionmaker, mailer, config, note_id, attempts, mail, now)
+        )
+        sent, failed = sent + ok, failed + (not ok)
+    return DeliveryResult(sent=sent, failed=failed)
+
+
+async def _claim(
+    sessionmaker: Sessionmaker, mailer: Mailer, config: NotificationConfig, now: datetime
+) -> list[tuple[int, int, OutgoingMail]]:
+    """Due rows become SENDING with a lease (or NOT_SENT while mail is off)."""
     due = and_(
         Notification.status.in_((NotificationStatus.PENDING, NotificationStatus.SENDING)),
         Notification.next_attempt_at <= now,
@@ -790,27 +833,12 @@ async def deliver_due(
                 note.status = NotificationStatus.NOT_SENT
                 note.next_attempt_at = None
                 note.last_error = "Not sent: no SMTP server is configured (DESKBILL_SMTP_URL)."
-            return DeliveryResult(recorded=len(claimed))
+            return [(note.id, 0, await _mail(session, note, config)) for note in claimed]
         for note in claimed:
             note.status = NotificationStatus.SENDING
             note.attempts += 1
             note.next_attempt_at = now + timedelta(seconds=config.lease_seconds)
-        mails = [(note.id, note.attempts, await _mail(session, note, config)) for note in claimed]
-    sent = failed = 0
-    for note_id, attempts, mail in mails:
-        # Sending and recording the outcome run to the end even when the worker is
-        # cancelled meanwhile (a shutdown, a billing-run restart): a message the server
-        # accepted is then always marked SENT, never sent again after the lease.
-        delivery = asyncio.ensure_future(
-            _send_and_record(sessionmaker, mailer, config, note_id, attempts, mail, now)
-        )
-        try:
-            ok = await asyncio.shield(delivery)
-        except asyncio.CancelledError:
-            await delivery
-            raise
-        sent, failed = sent + ok, failed + (not ok)
-    return DeliveryResult(sent=sent, failed=failed)
+        return [(note.id, note.attempts, await _mail(session, note, config)) for note in claimed]
 
 
 async def _send_and_record(
@@ -872,7 +900,9 @@ async def notify_once(
     now: datetime,
 ) -> DeliveryResult:  # fmt: skip
     """One round of the worker: the log (until caught up), the schedule, delivery."""
-    while (await derive_from_log(sessionmaker, config, secret, now))[0] == config.batch_size:
-        pass
+    while True:
+        read, _made = await to_the_end(derive_from_log(sessionmaker, config, secret, now))
+        if read < config.batch_size:
+            break
     await derive_scheduled(sessionmaker, config, secret, now)
     return await deliver_due(sessionmaker, mailer, config, now)

@@ -41,7 +41,7 @@ from models.enums import OUTSTANDING_STATUSES
 from services import money
 from services.declines import decline_words
 from services.errors import DomainError
-from services.gateway import PaymentGateway
+from services.gateway import GatewayOutcomeUnknownError, PaymentGateway
 from services.instance import instance_secret
 from services.invoices import lines_of
 from services.payments import drive_card_payment, open_saved_card_payment
@@ -303,9 +303,19 @@ async def pay(
             return await _invoice_page(
                 session, org, fresh or invoice, LinkState.NOT_PAYABLE, refused.message
             )
-    paid = await drive_card_payment(sessionmaker, gateway, org.id, payment.id, now)
     label = invoice.number or "The invoice"
-    amount = money.format_amount(paid.amount, paid.currency)
+    amount = money.format_amount(payment.amount, payment.currency)
+    try:
+        paid = await drive_card_payment(sessionmaker, gateway, org.id, payment.id, now)
+    except GatewayOutcomeUnknownError:
+        # The attempt is kept and asked about again by the billing run (same key).
+        async with sessionmaker() as session:
+            fresh = await session.get(Invoice, invoice.id)
+            return await _invoice_page(
+                session, org, fresh or invoice, LinkState.PAYMENT_PROCESSING,
+                f"The card gateway did not answer yet; the payment of {amount} is being "
+                "checked. You will get a receipt by e-mail once it completes.",
+            )  # fmt: skip
     if paid.status == PaymentStatus.SUCCEEDED:
         state, message = (
             LinkState.PAYMENT_SUCCEEDED,
