@@ -142,9 +142,12 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
         webhooks = asyncio.create_task(sender_loop(sender, settings.webhook_interval_seconds))
         mail = asyncio.create_task(
             notification_loop(
-                state.sessionmaker, state.clock, settings.worker_interval_seconds, mailer,
+                state.sessionmaker,
+                state.clock,
+                settings.worker_interval_seconds,
+                mailer,
                 notification_config(settings),
-            )  # fmt: skip
+            )
         )
         worker = asyncio.create_task(
             billing_loop(
@@ -226,9 +229,12 @@ async def run_worker(settings: Settings) -> None:
         webhooks = asyncio.create_task(sender_loop(sender, settings.webhook_interval_seconds))
         mail = asyncio.create_task(
             notification_loop(
-                sessionmaker, SystemClock(), settings.worker_interval_seconds,
-                build_mailer(settings), notification_config(settings),
-            )  # fmt: skip
+                sessionmaker,
+                SystemClock(),
+                settings.worker_interval_seconds,
+                build_mailer(settings),
+                notification_config(settings),
+            )
         )
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({clock, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -78,7 +78,7 @@ async def notification_loop(
         try:
             if secret is None:
                 secret = await pay_link_secret(sessionmaker, clock.now())
-            result = await notify_once(sessionmaker, mailer, config, secret, clock.now())
+            result = await notify_once(sessionmaker, mailer, config, secret, clock)
             if result.sent or result.failed or result.recorded:
                 log.info(
                     "notifications: %d sent, %d failed (will retry), %d recorded (SMTP off)",

@@ -7,8 +7,8 @@ from resolvers.mutations.billing import BillingMutations
 from resolvers.mutations.credit import CreditMutations
 from resolvers.mutations.documents import DocumentMutations
 from resolvers.mutations.payments import PaymentMutations
-from resolvers.webhooks import WebhookMutations
 from resolvers.notifications import NotificationMutations
+from resolvers.webhooks import WebhookMutations
 
 _GROUPS = (
     BillingMutations,

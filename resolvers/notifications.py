@@ -13,14 +13,13 @@ from strawberry.types import Info
 from models import Notification, NotificationKind, Organization
 from resolvers import mapping
 from resolvers.context import Viewer
-from resolvers.mutations.common import account_pk, organization
+from resolvers.mutations.common import reading, transaction
 from resolvers.pagination import Ordering, paginate
 from resolvers.permissions import context, pk_of, require_admin, require_writer
 from schema import notification_types as n
 from schema import types as t
 from schema.pagination import Connection
 from services import notifications
-from services.invoices import get_invoice
 
 
 def notification(row: Notification) -> n.Notification:
@@ -95,10 +94,9 @@ class NotificationQuery:
 
     @strawberry.field(description="What the organization e-mails, and from where (ADMIN).")
     async def notification_settings(self, info: Info) -> n.NotificationSettings:
-        who = require_admin(info)
-        async with context(info).read_sessionmaker() as session:
-            org = await organization(session, who)
-        return settings(org)
+        require_admin(info)
+        async with reading(info) as w:
+            return settings(w.org)
 
 
 @strawberry.type
@@ -107,16 +105,14 @@ class NotificationMutations:
     async def update_notification_settings(
         self, info: Info, input: n.NotificationSettingsInput
     ) -> n.NotificationSettings:
-        who = require_admin(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
+        require_admin(info)
+        async with transaction(info) as w:
             await notifications.update_settings(
-                session, org, ctx.clock.now(), actor_user_id=who.user_id,
+                w.session, w.org, w.now, actor_user_id=w.actor,
                 reminder_days=input.reminder_days, enabled_kinds=input.enabled_kinds,
                 email_from=input.email_from, email_reply_to=input.email_reply_to,
             )  # fmt: skip
-        return settings(org)
+            return settings(w.org)
 
     @strawberry.mutation(
         description="Turn upcoming-invoice reminders on or off for an account (members: "
@@ -125,14 +121,12 @@ class NotificationMutations:
     async def set_invoice_reminders(
         self, info: Info, account_id: strawberry.ID, enabled: bool
     ) -> t.Account:
-        who = require_writer(info)
-        ctx = context(info)
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            account = await notifications.set_reminders(
-                session, org, account_pk(who, account_id), enabled, ctx.clock.now(),
-                actor_user_id=who.user_id,
-            )  # fmt: skip
+        require_writer(info)
+        async with transaction(info) as w:
+            account = await w.account(account_id)
+            await notifications.set_reminders(
+                w.session, w.org, account.id, enabled, w.now, actor_user_id=w.actor
+            )
         return mapping.account(account)
 
     @strawberry.mutation(
@@ -140,13 +134,11 @@ class NotificationMutations:
         "its pay link while it has a balance (ADMIN). The worker sends it."
     )
     async def send_invoice(self, info: Info, invoice_id: strawberry.ID) -> t.Invoice:
-        who = require_admin(info)
-        ctx = context(info)
+        require_admin(info)
         pk = pk_of(invoice_id, "Invoice", field="invoiceId")
-        async with ctx.transaction() as session:
-            org = await organization(session, who)
-            invoice = await get_invoice(session, org, pk)
+        async with transaction(info) as w:
+            invoice = await w.invoice(pk)
             await notifications.send_invoice(
-                session, org, invoice.id, ctx.clock.now(), actor_user_id=who.user_id
+                w.session, w.org, invoice.id, w.now, actor_user_id=w.actor
             )
         return mapping.invoice(invoice)

@@ -64,7 +64,7 @@ from models import (
 )
 from models.enums import OUTSTANDING_STATUSES
 from services import events, money
-from services.clock import local_date, start_of_day
+from services.clock import Clock, local_date, organization_now, start_of_day
 from services.declines import decline_words
 from services.errors import InvalidStateError, NotFoundError, ValidationError
 from services.events import EventType
@@ -609,13 +609,13 @@ def _cursor_insert(session: AsyncSession) -> Any:
 
 
 async def derive_from_log(
-    sessionmaker: Sessionmaker, config: NotificationConfig, secret: str, now: datetime
+    sessionmaker: Sessionmaker, config: NotificationConfig, secret: str, clock: Clock
 ) -> tuple[int, int]:
     """One batch of the log after the cursor into notification rows, and the cursor
     moved past it, in one transaction. Returns how many events were read and how
     many rows were new; (0, 0) when another worker holds the cursor."""
     async with sessionmaker() as session, session.begin():
-        cursor = await _cursor(session, now)
+        cursor = await _cursor(session, clock.now())
         if cursor is None:
             return 0, 0
         batch = list(
@@ -637,15 +637,16 @@ async def derive_from_log(
             if org is None:
                 continue
             orgs[org.id] = org
+            now = organization_now(clock, org)
             drafts = await _Derivation(session, org, config, now).from_event(event)
             made += await _write(session, drafts, config, secret, now)
         cursor.last_event_id = batch[-1].id
-        cursor.updated_at = now
+        cursor.updated_at = clock.now()
         return len(batch), made
 
 
 async def derive_scheduled(
-    sessionmaker: Sessionmaker, config: NotificationConfig, secret: str, now: datetime
+    sessionmaker: Sessionmaker, config: NotificationConfig, secret: str, clock: Clock
 ) -> int:
     """Reminders due on each organization's local today, and yesterday's overdue
     digests; one transaction per organization."""
@@ -653,19 +654,20 @@ async def derive_scheduled(
         org_ids = list(await session.scalars(select(Organization.id).order_by(Organization.id)))
     made = 0
     for org_id in org_ids:
-        made += await to_the_end(_scheduled_for(sessionmaker, org_id, config, secret, now))
+        made += await to_the_end(_scheduled_for(sessionmaker, org_id, config, secret, clock))
     return made
 
 
 async def _scheduled_for(
     sessionmaker: Sessionmaker, org_id: int, config: NotificationConfig, secret: str,
-    now: datetime,
+    clock: Clock,
 ) -> int:  # fmt: skip
     made = 0
     async with sessionmaker() as session, session.begin():
         org = await session.get(Organization, org_id)
         if org is None:
             return 0
+        now = organization_now(clock, org)
         derivation = _Derivation(session, org, config, now)
         today = local_today(org, now)
         if kind_on(org, NotificationKind.INVOICE_UPCOMING):
@@ -897,12 +899,13 @@ async def _mail(
 
 async def notify_once(
     sessionmaker: Sessionmaker, mailer: Mailer, config: NotificationConfig, secret: str,
-    now: datetime,
+    clock: Clock,
 ) -> DeliveryResult:  # fmt: skip
     """One round of the worker: the log (until caught up), the schedule, delivery."""
     while True:
-        read, _made = await to_the_end(derive_from_log(sessionmaker, config, secret, now))
+        read, _made = await to_the_end(derive_from_log(sessionmaker, config, secret, clock))
         if read < config.batch_size:
             break
-    await derive_scheduled(sessionmaker, config, secret, now)
-    return await deliver_due(sessionmaker, mailer, config, now)
+    await derive_scheduled(sessionmaker, config, secret, clock)
+    # Mail leaves in real time: delivery and its backoff go by the process clock.
+    return await deliver_due(sessionmaker, mailer, config, clock.now())

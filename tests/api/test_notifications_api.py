@@ -13,6 +13,7 @@ import random
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -64,7 +65,7 @@ class Worker:
         db = self.desk.api.state.sessionmaker
         if self.secret is None:  # as the worker does: once, when it starts
             self.secret = await pay_link_secret(db, self.desk.clock.now())
-        await notify_once(db, self.mailer, self.config, self.secret, self.desk.clock.now())
+        await notify_once(db, self.mailer, self.config, self.secret, self.desk.clock)
 
     async def killed_round(self) -> None:
         if self.secret is None:
@@ -363,4 +364,3 @@ async def test_a_pay_link_with_a_payment_in_flight_is_used_and_charges_nothing_m
     twice = await desk.api.client.post(link)
     assert twice.status_code == 410
     assert len(desk.stripe.snapshot()["payment_intents"]) == 0
-

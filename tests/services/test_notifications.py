@@ -48,7 +48,7 @@ async def test_a_finalized_invoice_is_mailed_once_with_its_amounts_and_pay_link(
     _invoice_id, email = await _finalized_invoice(db, clock)
 
     for _ in range(3):  # the worker's rounds: the same events every time
-        await notify_once(db, mailer, CONFIG, SECRET, clock.now())
+        await notify_once(db, mailer, CONFIG, SECRET, clock)
 
     rows = await _rows(db)
     assert [(r.kind, r.recipient, r.status, r.attempts) for r in rows] == [
@@ -72,22 +72,22 @@ async def test_a_refusing_server_is_retried_with_backoff_until_it_accepts(
     await _finalized_invoice(db, clock)
     inbox.refusing = True
 
-    await notify_once(db, mailer, CONFIG, SECRET, clock.now())
+    await notify_once(db, mailer, CONFIG, SECRET, clock)
     [row] = await _rows(db)
     assert (row.status, row.attempts) == (NotificationStatus.PENDING, 1)
     assert row.next_attempt_at == clock.now() + timedelta(seconds=60)
     assert row.last_error is not None and "451" in row.last_error
 
-    await notify_once(db, mailer, CONFIG, SECRET, clock.now())  # not due yet: no try
+    await notify_once(db, mailer, CONFIG, SECRET, clock)  # not due yet: no try
     assert (await _rows(db))[0].attempts == 1
     clock.advance(timedelta(seconds=60))
-    await notify_once(db, mailer, CONFIG, SECRET, clock.now())
+    await notify_once(db, mailer, CONFIG, SECRET, clock)
     [row] = await _rows(db)
     assert (row.attempts, row.next_attempt_at) == (2, clock.now() + timedelta(seconds=120))
 
     inbox.refusing = False
     clock.advance(timedelta(seconds=120))
-    await notify_once(db, mailer, CONFIG, SECRET, clock.now())
+    await notify_once(db, mailer, CONFIG, SECRET, clock)
     [row] = await _rows(db)
     assert (row.status, row.attempts, row.last_error) == (NotificationStatus.SENT, 3, None)
     assert len(inbox.messages) == 1
@@ -97,7 +97,7 @@ async def test_without_an_smtp_server_notifications_are_recorded_not_sent(
     db: Sessions, clock: FixedClock
 ) -> None:
     await _finalized_invoice(db, clock)
-    await notify_once(db, OffMailer(), CONFIG, SECRET, clock.now())
+    await notify_once(db, OffMailer(), CONFIG, SECRET, clock)
     [row] = await _rows(db)
     assert row.status == NotificationStatus.NOT_SENT
     assert row.attempts == 0
@@ -126,15 +126,15 @@ async def test_a_crash_mid_derivation_leaves_nothing_half_made(
     notifications._write = crash_on_second  # type: ignore[assignment]
     try:
         try:
-            await notifications.derive_from_log(db, CONFIG, SECRET, clock.now())
+            await notifications.derive_from_log(db, CONFIG, SECRET, clock)
         except Crash:
             pass
     finally:
         notifications._write = real  # type: ignore[assignment]
     assert await _rows(db) == []  # the first write rolled back with the crash
 
-    await notifications.derive_from_log(db, CONFIG, SECRET, clock.now())
-    await notifications.derive_from_log(db, CONFIG, SECRET, clock.now())
+    await notifications.derive_from_log(db, CONFIG, SECRET, clock)
+    await notifications.derive_from_log(db, CONFIG, SECRET, clock)
     async with db() as session:
         count = await session.scalar(select(func.count(Notification.id)))
     assert count == 2
