@@ -23,6 +23,8 @@ from app.settings import Settings
 from app.state import AppState
 from app.webhook_sender import WebhookSender, sender_loop
 from app.worker import billing_loop, notification_loop
+from schema.ids import encode
+from schema.types import document_path
 from services import batch_billing, billing, credit, invoices
 from services.clock import Clock, SystemClock
 from services.events import log_head, newest_events
@@ -95,8 +97,14 @@ def build_mailer(settings: Settings) -> Mailer:
     return mailer_from_url(settings.smtp_url)
 
 
+def invoice_document_path(invoice_id: int) -> str:
+    """The PDF route of an invoice (app.documents), for the links in its e-mails."""
+    return document_path(encode("Invoice", invoice_id), credit_note=False)
+
+
 def notification_config(settings: Settings) -> NotificationConfig:
     return NotificationConfig(
+        invoice_document_path=invoice_document_path,
         public_url=settings.public_url,
         default_sender=settings.smtp_from,
         pay_link_days=settings.pay_link_days,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -104,6 +104,9 @@ class NotificationConfig:
     max_backoff_seconds: float = 6 * 3600.0
     lease_seconds: float = 300.0
     batch_size: int = 200
+    # Where an invoice's PDF is served (``app.documents``), from its row id; the graph's
+    # ids are not this layer's to make, so the app passes the route in.
+    invoice_document_path: Callable[[int], str] | None = None
 
 
 T = TypeVar("T")
@@ -358,6 +361,7 @@ async def _invoice_view(session: AsyncSession, invoice: Invoice) -> dict[str, An
         "paid": fmt(invoice.amount_paid + invoice.credit_applied),
         "balance": fmt(invoice.balance_due),
         "balance_due": invoice.balance_due,
+        "document_url": None,
     }
 
 
@@ -424,6 +428,13 @@ class _Derivation:
         if invoice is None:
             return []
         view = await _invoice_view(self.session, invoice)
+        document = self.config.invoice_document_path
+        if (
+            document is not None
+            and invoice.number
+            and invoice.document_type == DocumentType.INVOICE
+        ):
+            view["document_url"] = f"{self.config.public_url.rstrip('/')}{document(invoice.id)}"
         drafts = await self.for_account(kind, event, invoice.account_id, invoice=view, **context)
         for draft in drafts:
             draft.invoice_id = invoice.id

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.lifecycle import invoice_document_path
 from models import Invoice, Notification
 from services.clock import FixedClock
 from services.mailer import mailer_from_url
@@ -56,7 +57,11 @@ class Worker:
     def __init__(self, desk: Desk, smtp_url: str, seed: int = 7) -> None:
         self.desk = desk
         self.mailer = mailer_from_url(smtp_url)
-        self.config = NotificationConfig(public_url=desk.api.url, backoff_seconds=60)
+        self.config = NotificationConfig(
+            public_url=desk.api.url,
+            backoff_seconds=60,
+            invoice_document_path=invoice_document_path,
+        )
         self.random = random.Random(seed)
         self.kills = 0
         self.secret: str | None = None
@@ -183,6 +188,11 @@ async def test_a_month_of_billing_mails_each_member_exactly_what_it_should(
     assert "Balance due: $100.00" in text
     [link] = PAY_LINK.findall(text)
     assert link in Inbox.html(cleo_invoice)
+    [document] = re.findall(r"PDF \(sign in to open it\): (\S+)", text)
+    pdf = await desk.api.client.get(
+        document, headers={"Authorization": f"Bearer {desk.tokens['Cleo']}"}
+    )
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     page = await desk.api.client.get(link)
     assert page.status_code == 200
     assert "Private office, September" in page.text and "$100.00" in page.text
