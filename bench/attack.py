@@ -2,23 +2,26 @@
 
 A fresh PostgreSQL database (``deskbill_bench_attack_<pid>``, created and dropped) gets
 the demo space; ``deskbill serve --no-worker`` runs it in a subprocess with the
-default limits. Then:
+default limits (cost rate limits on unless ``--no-rate-limits``). A second demo space
+(``deskbill demo --force``) is the other tenant; each space gets an ANALYST API key.
+Then:
 
 1. the issue's two attack documents are sent once each and must be refused
    (``QUERY_TOO_COMPLEX``) — this is checked, not timed;
-2. **alone**: one client loops an ordinary query (an admin's first page of 20 invoices
-   with totals) for ``--seconds`` and its latencies are recorded;
-3. **under attack**: the same, while ``--attackers`` clients (default 2) loop the
-   heaviest query the limits allow an analyst: the largest page of invoices with
-   lines, payments, allocations, refunds and history whose cost fits ``--limit``
-   (default: the analyst's default budget; the server runs with that budget).
+2. **alone**: the home space's admin loops an ordinary query (the first page of 20
+   invoices with totals) for ``--seconds`` and its latencies are recorded;
+3. **other tenant** / **same tenant**: the same, while two attackers — the other
+   (then the home) space's analyst and its API key — loop the heaviest query the
+   limits allow an analyst (as many aliases of a page of 100 invoices with lines,
+   payments, allocations, refunds and history as fit ``--limit``), starting
+   ``--warmup`` seconds earlier and ignoring ``Retry-After``.
 
-Reported: p50/p99 of the ordinary query in both phases, the ratio of the p99s (goal
-≤ 3), and how many heavy queries the attackers got through.
+Reported: p50/p99 of the ordinary query per phase, the ratio of the p99s (goal ≤ 3),
+how many of its requests were refused, and how many heavy queries the attackers got
+through or had refused (429).
 
-    .venv/bin/python bench/attack.py
-    .venv/bin/python bench/attack.py --seconds 20 --attackers 2 \
-        --pg postgresql://postgres@127.0.0.1:5432
+    .venv/bin/python bench/attack.py --seconds 40 --warmup 10
+    .venv/bin/python bench/attack.py --seconds 40 --warmup 10 --no-rate-limits
 
 Every run stops by itself: the loops are bounded by ``--seconds``, the server gets
 SIGTERM (then SIGKILL) by pid in a ``finally``, and the database is dropped.
@@ -356,8 +359,8 @@ async def main(argv: list[str] | None = None) -> None:
                 ("2 attackers, other tenant", other.attackers),
                 ("2 attackers, same tenant", home.attackers),
             ):
-                # Every variant meets attackers with buckets of their own: a fresh
-                # server would do, the other tenant's then the home tenant's do too.
+                # Each variant's attackers are callers of their own, with full buckets
+                # at their start (the warm-up lets them spend those first).
                 ordinary, heavy = await phase(
                     base, home.admin, attackers, args.seconds, args.warmup, heavy_query
                 )
