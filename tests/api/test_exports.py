@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import String, func, literal, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.api.conftest import Api
-from tests.world import World
+from app.asgi import create_app
+from app.database import create_engine
+from app.settings import DatabaseLimits
+from models import LineItem
+from services.clock import FixedClock
+from tests.api.conftest import SETTINGS, Api, serve
+from tests.world import World, add_many_invoices, build_world
 
 
 async def _export(api: Api, kind: str, token: str | None, flt: object = None) -> tuple[int, str]:
@@ -272,3 +283,90 @@ async def test_refunds_export_follows_the_graphs_filter_and_scoping(api: Api, wo
     assert _rows(bobs) == []
     status, text = await _export(api, "refunds", world.tokens["admin"], {"paymentId": 3})
     assert status == 400 and "filter.paymentId" in text
+
+
+@contextlib.asynccontextmanager
+async def _deadline_server(engine: AsyncEngine, clock: FixedClock) -> AsyncIterator[Api]:
+    """The API on its own engine whose statements may run 300 ms (PostgreSQL)."""
+    limits = DatabaseLimits(statement_timeout_ms=300)
+    own = create_engine(engine.url.render_as_string(hide_password=False), limits=limits)
+    app = create_app(SETTINGS, engine=own, clock=clock, start_worker=False)
+    try:
+        async for url in serve(app):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                yield Api(url=url, app=app, client=client)
+    finally:
+        await own.dispose()
+
+
+async def _download_fails(api: Api, kind: str, token: str) -> bytes:
+    """Stream an export that must start (200, the header row) and then fail."""
+    received = b""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with api.client.stream("GET", f"/exports/{kind}.csv", headers=headers) as response:
+        assert response.status_code == 200
+        with pytest.raises(httpx.HTTPError):  # no terminating chunk: a failed transfer
+            async for chunk in response.aiter_bytes():
+                received += chunk
+    return received
+
+
+async def test_a_deadline_mid_stream_fails_the_download(
+    engine: AsyncEngine,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL's statement deadline cancels the export's query after the status
+    line and the header row went out: the client sees a failed download, the log one
+    line with the reason, and the next export works."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("statement_timeout is PostgreSQL's")
+    from app import exports
+
+    filter_cls, statement, header, to_row = exports.EXPORTS["invoices"]
+
+    def slow(who: Any, flt: Any) -> Any:
+        # Every row takes 100 ms to produce: the query outlives its 300 ms deadline.
+        return statement(who, flt).where(func.pg_sleep(0.1).is_not(None))
+
+    async with _deadline_server(engine, clock) as api:
+        world = await build_world(api.state.sessionmaker, SETTINGS)
+        await add_many_invoices(api.state.sessionmaker, world, count=10)
+        monkeypatch.setitem(exports.EXPORTS, "invoices", (filter_cls, slow, header, to_row))
+        with caplog.at_level(logging.ERROR, logger="deskbill"):
+            received = await _download_fails(api, "invoices", world.tokens["admin"])
+        assert received.decode().startswith("number,status")
+        assert "INV-" not in received.decode()  # not one row: nothing looks complete
+        assert any("aborting it" in r.getMessage() for r in caplog.records), caplog.text
+        monkeypatch.undo()
+        status, text = await _export(api, "invoices", world.tokens["admin"])
+        assert status == 200 and len(_rows(text)) >= 10
+
+
+async def test_a_copy_failing_mid_stream_fails_the_download(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The invoice-items export is PostgreSQL's COPY: a row that fails inside the
+    database (here a division by zero on the second line) ends the transfer
+    unfinished too, instead of a short file behind a 200."""
+    if api.state.engine.dialect.name != "postgresql":
+        pytest.skip("only PostgreSQL exports by COPY")
+    from app import exports
+
+    columns = exports.COPY_COLUMNS["invoice-items"]
+    async with api.state.sessionmaker() as session:
+        second = await session.scalar(select(LineItem.id).order_by(LineItem.id).offset(1))
+    assert second is not None
+
+    def failing(currency: str) -> list[Any]:
+        *first, last = columns(currency)
+        broken = func.cast(literal(1) / (LineItem.id - second), String)
+        return [*first, func.concat(last, func.left(broken, 0))]
+
+    monkeypatch.setitem(exports.COPY_COLUMNS, "invoice-items", failing)
+    received = await _download_fails(api, "invoice-items", world.tokens["admin"])
+    assert received.decode().startswith("line_id,")
+    monkeypatch.undo()
+    status, text = await _export(api, "invoice-items", world.tokens["admin"])
+    assert status == 200 and len(_rows(text)) >= 2

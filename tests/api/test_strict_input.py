@@ -44,6 +44,18 @@ INVOICE = "query($id: ID!) { invoice(id: $id) { id } }"
 INVOICES = "query($f: InvoiceFilter, $after: String) { invoices(filter: $f, after: $after) { nodes { id } } }"  # noqa: E501
 
 
+MANUAL = """mutation($input: ManualInvoiceInput!) {
+  createManualInvoice(input: $input) { id } }"""
+TEMPLATE = """mutation($input: PlanTemplateInput!) {
+  createPlanTemplate(input: $input) { id } }"""
+
+
+def manual(*lines: dict[str, object], **over: object) -> dict[str, Any]:
+    """A manual invoice for Alice; ``lines`` replace the one good line where given."""
+    good = {"description": "Printing", "unitPrice": "2"}
+    return {"input": {"accountId": "{alice}", "lines": list(lines) or [good], **over}}
+
+
 def record(amount: object, **extra: object) -> dict[str, Any]:
     return {"input": {"invoiceId": "{due}", "amount": amount, "method": "CASH", **extra}}
 
@@ -235,6 +247,59 @@ CASES = [
         "query($t: [String!]) { events(filter: {types: $t}) { nodes { id } } }",
         {"t": ["T" * 65]},
         "filter.types[0]",
+    ),
+    # Nested input: every field of an input object, and of each object in a list of
+    # them, is bounded like a top-level argument and named by its path.
+    Case(
+        "a nested line's description too long",
+        MANUAL,
+        manual(
+            {"description": "Printing", "unitPrice": "2"},
+            {"description": "x" * 501, "unitPrice": "2"},
+        ),
+        "input.lines[1].description",
+    ),
+    Case(
+        "a nested line's lenient money",
+        MANUAL,
+        manual({"description": "Printing", "unitPrice": "1e-2"}),
+        "unitPrice",
+    ),
+    Case(
+        "a nested line's quantity above the cap",
+        MANUAL,
+        manual({"description": "Printing", "unitPrice": "2", "quantity": 2_000_000}),
+        "quantity",
+    ),
+    Case(
+        "a nested line's product overflows",
+        MANUAL,
+        manual({"description": "Printing", "unitPrice": "1000000000000", "quantity": 1000}),
+        "quantity",
+    ),
+    Case(
+        "a manual invoice of 1,001 lines",
+        MANUAL,
+        manual(*({"description": f"Line {n}", "unitPrice": "1"} for n in range(1001))),
+        "input.lines",
+    ),
+    Case(
+        "a nested line's description with a NUL",
+        MANUAL,
+        manual({"description": "Print\x00ing", "unitPrice": "2"}),
+        "$input.lines[0].description",
+    ),
+    Case(
+        "a manual invoice due in 2100",
+        MANUAL,
+        manual(dueDate="2100-01-01"),
+        "input.dueDate",
+    ),
+    Case(
+        "a plan template's name too long",
+        TEMPLATE,
+        {"input": {"name": "P" * 201, "price": "100", "interval": "MONTHLY"}},
+        "input.name",
     ),
     # List filters: at most 1,000 items, far below the drivers' 32,767 parameters.
     Case(

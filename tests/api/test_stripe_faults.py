@@ -134,3 +134,25 @@ async def test_pay_invoice_while_stripe_is_down_is_coded_then_recovers(desk: Des
     assert paid["payInvoice"]["clientSecret"]
     assert await intents_for(desk, invoice_id) == 1
     await events_match_payments(desk)
+
+
+async def test_stripe_unreachable_before_a_customer_exists_says_nothing_was_kept(
+    desk: Desk,
+) -> None:
+    """The review's finding: with Stripe unreachable, on an account without a Stripe
+    customer yet, ``payInvoice`` said "the attempt is kept and will be checked again"
+    although no payment row existed, and ``extensions.cause`` showed the Stripe
+    library's network message. Now it says what happened, in the API's words."""
+    name, account = await desk.member("Lin")
+    invoice_id = await desk.invoice(account, credit=False)
+    desk.stripe.set_faults(rate_timeout=1.0, phase="before", timeout_delay=FAULT_DELAY)
+    down = await desk.gql(PAY, {"id": invoice_id, "key": "pay-lin"}, who=name)
+    coded(down)
+    (error,) = down["errors"]
+    assert await payment_rows(desk) == []  # nothing was kept …
+    assert "kept" not in error["message"] and "checked again" not in error["message"], error
+    cause = str(error["extensions"].get("cause", ""))
+    # … and nothing of the Stripe library's internals leaks out.
+    for internal in ("stripe", "Stripe's API", "urllib", "httpx", "requests", "Errno"):
+        assert internal.lower() not in cause.lower(), error
+    assert (await desk.read_invoice(invoice_id))["status"] == "DUE"
