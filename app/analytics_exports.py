@@ -29,7 +29,7 @@ from resolvers.viewer import Viewer
 from schema.analytics_types import AnalyticsFilter
 from schema.enums import AccountKind
 from services import analytics, money
-from services.clock import local_date
+from services.clock import local_date, organization_now
 from services.errors import DomainError, ValidationError
 
 Rows = list[list[object]]
@@ -229,7 +229,7 @@ def analytics_export_routes(state: AppState) -> list[BaseRoute]:
                 403,
             )
         try:
-            ask = Ask(request, who, local_date(state.clock.now(), who.timezone))
+            ask = Ask(request, who, local_date(organization_now(state.clock, who), who.timezone))
             async with state.read_sessionmaker() as session:
                 rows = await compute(session, ask)
         except DomainError as bad:

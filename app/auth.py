@@ -182,6 +182,7 @@ def _person_statement(match: ColumnElement[bool]) -> Select[Any]:
             orgs.c.id,
             orgs.c.currency,
             orgs.c.timezone,
+            orgs.c.test_clock_at,
             visible.c.account_id,
         )
         .join_from(users, orgs, orgs.c.id == users.c.organization_id)
@@ -215,11 +216,11 @@ async def _person(
     ).all()
     if not rows or not rows[0][1]:
         raise NoLongerAllowed(refusal)
-    user_id, _, role_name, org_id, currency, timezone, _ = rows[0]
+    user_id, _, role_name, org_id, currency, timezone, test_clock_at, _ = rows[0]
     role = Role(role_name)
     account_ids: frozenset[int] | None = None
     if role == Role.MEMBER:
-        account_ids = frozenset(r[6] for r in rows if r[6] is not None)
+        account_ids = frozenset(r[7] for r in rows if r[7] is not None)
     return Viewer(
         user_id=user_id,
         organization_id=org_id,
@@ -228,6 +229,7 @@ async def _person(
         timezone=timezone,
         account_ids=account_ids,
         expires_at=expires_at,
+        test_clock_at=test_clock_at,
     )
 
 
@@ -246,6 +248,7 @@ async def _key_viewer(session: AsyncSession, token: str, now: datetime) -> Viewe
         timezone=org.timezone,
         account_ids=None,
         api_key_id=key.id,
+        test_clock_at=org.test_clock_at,
     )
     try:
         if await apikeys.note_use(session, key, now):

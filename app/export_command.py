@@ -51,6 +51,7 @@ async def _export(settings: Settings, kind: str, org_key: str, raw: object, out:
             who = Viewer(
                 user_id=None, organization_id=org.id, role=Role.ANALYST,
                 currency=org.currency, timezone=org.timezone, account_ids=None,
+                test_clock_at=org.test_clock_at,
             )  # fmt: skip
             stmt = statement(who, to_input(filter_cls, raw))
             total = await session.scalar(

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,7 +48,14 @@ def add_commands(sub: Any) -> None:
     create.add_argument("--admin-email", required=True)
     create.add_argument("--admin-name", required=True)
     create.add_argument("--admin-subject", help="the admin's `sub` at your identity provider")
-    create.add_argument("--sandbox", action="store_true", help="a space for trying things out")
+    create.add_argument(
+        "--sandbox", action="store_true", help="a space for trying things out, on a test clock"
+    )
+    create.add_argument(
+        "--clock-start",
+        help="a sandbox's test clock starts here (ISO 8601, e.g. 2026-09-01T00:00:00Z; "
+        "default: now)",
+    )
     create.add_argument("--json", action="store_true")
     listing = org.add_parser("list", help="every organization with its slug and id")
     listing.add_argument("--json", action="store_true")
@@ -86,6 +93,7 @@ def _org_json(org: Organization) -> dict[str, Any]:
         "timezone": org.timezone,
         "billingDay": org.billing_day,
         "sandbox": org.sandbox,
+        "testClock": org.test_clock_at.isoformat() if org.test_clock_at else None,
     }
 
 
@@ -122,6 +130,22 @@ def _token(settings: Settings, user: User, now: datetime, hours: int) -> dict[st
     return {"token": token, "expiresAt": (now + timedelta(hours=hours)).isoformat()}
 
 
+def _clock_start(text: str | None) -> datetime | None:
+    """``--clock-start`` as an aware instant (UTC when no offset is given), 2000–2099."""
+    if text is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise Refusal(
+            f"--clock-start {text!r} is not an ISO 8601 instant; write e.g. 2026-09-01T00:00:00Z."
+        ) from None
+    instant = instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+    if not 2000 <= instant.astimezone(UTC).year <= 2099:
+        raise Refusal("--clock-start must fall in the years 2000–2099.")
+    return instant.astimezone(UTC)
+
+
 async def _org_create(
     session: AsyncSession, args: argparse.Namespace, settings: Settings, now: datetime
 ) -> tuple[dict[str, Any], str]:
@@ -136,11 +160,15 @@ async def _org_create(
         timezone=args.timezone,
         billing_day=args.billing_day,
         sandbox=args.sandbox,
+        clock_start=_clock_start(args.clock_start),
         admin_subject=args.admin_subject,
     )
     out: dict[str, Any] = {"organization": _org_json(org), "admin": _user_json(admin)}
     text = f"Created “{org.name}” (slug {org.slug}, id {org.id}, {org.currency}"
-    text += ", sandbox)" if org.sandbox else ")"
+    if org.test_clock_at is not None:
+        text += f", sandbox on a test clock at {org.test_clock_at.isoformat()})"
+    else:
+        text += ")"
     text += f" with admin {admin.name} <{admin.email}>."
     if settings.token_secret is not None:
         out.update(_token(settings, admin, now, settings.token_ttl_hours))

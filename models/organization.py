@@ -23,6 +23,10 @@ class Organization(Base):
         CheckConstraint("next_credit_note_number >= 1", name="credit_note_number_positive"),
         enum_check("additional_charges", AdditionalChargesPolicy),
         CheckConstraint("reminder_days BETWEEN 0 AND 60", name="reminder_days_range"),
+        CheckConstraint(
+            "(sandbox AND test_clock_at IS NOT NULL) OR (NOT sandbox AND test_clock_at IS NULL)",
+            name="sandbox_has_test_clock",
+        ),
     )
 
     id: Mapped[int] = id_column()
@@ -47,10 +51,13 @@ class Organization(Base):
     autopay_default: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     autopay_retry_hours: Mapped[int] = mapped_column(Integer, nullable=False, default=4)
     default_tax_rate_ppm: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    # A space for trying things out (its test clock is a feature of its own).
+    # A space for trying things out on a clock of its own (rules §9.4): a sandbox's
+    # now is ``test_clock_at``, moved only forward by advanceTestClock; a live
+    # organization has none (its clock is the wall clock).
     sandbox: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )
+    test_clock_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
     # E-mail notifications: the reminder's lead in days (0 = no reminders), the kinds
     # turned off (comma-separated NotificationKind names), and the sender's addresses.

@@ -48,7 +48,7 @@ def scope_for(who: Viewer, flt: a.AnalyticsFilter | None) -> analytics.Scope:
 
 def as_of_or_today(info: Info, who: Viewer, as_of: date | None) -> date:
     if as_of is None:
-        return local_date(context(info).clock.now(), who.timezone)
+        return local_date(context(info).now(), who.timezone)
     return analytics.check_date(as_of, "asOf")
 
 

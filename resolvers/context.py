@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from models import Event
+from models import Event, Organization
 from resolvers.loaders import Loaders
 from resolvers.viewer import Viewer
-from services.clock import Clock
+from services.clock import Clock, organization_now
 
 __all__ = ["Announce", "RequestContext", "Viewer"]
 
@@ -47,6 +48,13 @@ class RequestContext:
     # it; released as soon as the ordinary resolvers take over.
     connection: AsyncConnection | None = None
     _loaders: Loaders | None = None
+
+    def now(self, org: Organization | None = None) -> datetime:
+        """The organization's now (``services.clock.organization_now``): a sandbox's test
+        clock, a live organization's wall clock. Mutations pass the organization row
+        they loaded in their transaction (the freshest test clock); reads go by the
+        viewer's copy, loaded with the caller at no extra statement."""
+        return organization_now(self.clock, org if org is not None else self.viewer)
 
     async def release_connection(self) -> None:
         connection, self.connection = self.connection, None

@@ -191,3 +191,25 @@ class BillingRun:
     status_changes: int
     plan_periods_added: int
     plans_ended: int
+
+
+@strawberry.type(description="One step of a test clock's advance: a billing run at `at`.")
+class TestClockStep:
+    at: datetime
+    invoices_finalized: int
+    status_changes: int
+    payments_attempted: int
+    plan_periods_added: int
+
+
+@strawberry.type(description="What advancing a sandbox's test clock did, step by step.")
+class TestClockAdvance:
+    previous: datetime = strawberry.field(description="Where the clock was.")
+    now: datetime = strawberry.field(description="Where the clock is now.")
+    invoices_finalized: int
+    status_changes: int
+    payments_attempted: int
+    stopped_short: bool = strawberry.field(
+        description="True when the step limit stopped the walk before `to`; advance again."
+    )
+    steps: list[TestClockStep]

@@ -86,15 +86,19 @@ class Organization(Node):
     name: str
     slug: str
     currency: str
-    sandbox: bool = strawberry.field(description="A space for trying things out.")
+    sandbox: bool = strawberry.field(
+        description="A space for trying things out on a test clock of its own (see `now`); "
+        "it talks to Stripe only with test-mode keys."
+    )
     pk: strawberry.Private[int]
 
     @strawberry.field(
         description="The organization's clock: the instant its billing, statuses and "
-        '"today" go by. A live organization\'s clock is the wall clock.'
+        "\"today\" go by. A live organization's clock is the wall clock; a sandbox's is "
+        "its test clock, which only advanceTestClock moves."
     )
     def now(self, info: Info) -> datetime:
-        now: datetime = info.context.clock.now()
+        now: datetime = info.context.now()
         return now
 
     @strawberry.field

@@ -281,6 +281,8 @@ async def run_billing(
     progress: Progress | None = None,
 ) -> BillingRunResult:
     """One billing run for ``as_of``, over one organization or all of them.
+    All of them means every live organization: a sandbox's time is its test clock
+    (rules §9.4), so it is billed only when named (``services.test_clocks``).
     ``progress``, if given, hears ``(accounts done, accounts in the run)`` once the
     run's accounts are known and after every account (the command's progress bar)."""
     return await _Run(sessionmaker, as_of, limits, progress).run(org_id)
@@ -318,6 +320,8 @@ class _Run:
             query = select(Organization).order_by(Organization.id)
             if org_id is not None:
                 query = query.where(Organization.id == org_id)
+            else:
+                query = query.where(Organization.sandbox.is_(False))
             orgs = list(await session.scalars(query))
         lists: list[tuple[_Organization, list[int]]] = []
         for org in orgs:

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from services.errors import ValidationError
-
-if TYPE_CHECKING:
-    from models import Organization
 
 # How far ahead of a live organization's clock (the wall clock) a billing run may be
 # asked for: enough for a caller's clock running a little fast, too little to finalize
@@ -46,13 +43,6 @@ class FixedClock:
         self.current += delta
 
 
-def organization_now(clock: Clock, org: Organization) -> datetime:
-    """What time it is for ``org``: the one answer every mutation, derived status and
-    event of that organization uses. A live organization runs on the wall clock (the
-    process's ``clock``)."""
-    return clock.now()
-
-
 def local_date(instant: datetime, timezone: str) -> date:
     """The calendar date of ``instant`` in the organization's timezone."""
     return instant.astimezone(ZoneInfo(timezone)).date()
@@ -63,9 +53,21 @@ def start_of_day(day: date, timezone: str) -> datetime:
     return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone)).astimezone(UTC)
 
 
-def refuse_future(instant: datetime, now: datetime, name: str = "asOf") -> datetime:
-    """``instant`` if it is not after ``now`` (plus ``MAX_CLOCK_SKEW``); otherwise a
-    VALIDATION error that changes nothing. A past instant is a catch-up."""
+def refuse_future(
+    instant: datetime, now: datetime, name: str = "asOf", *, sandbox: bool = False
+) -> datetime:
+    """``instant`` if it is not after ``now`` (plus ``MAX_CLOCK_SKEW`` for a live
+    organization); otherwise a VALIDATION error that changes nothing. A past instant
+    is a catch-up. A sandbox's clock is exact: its future is reached by advancing it."""
+    if sandbox:
+        if instant > now:
+            raise ValidationError(
+                f"`{name}` {instant.astimezone(UTC).isoformat()} is after this sandbox's test "
+                f"clock ({now.astimezone(UTC).isoformat()}): move the clock there with "
+                "advanceTestClock(to:), which bills every step on the way.",
+                field=name,
+            )
+        return instant
     if instant > now + MAX_CLOCK_SKEW:
         minutes = int(MAX_CLOCK_SKEW.total_seconds() // 60)
         raise ValidationError(
@@ -75,3 +77,23 @@ def refuse_future(instant: datetime, now: datetime, name: str = "asOf") -> datet
             field=name,
         )
     return instant
+
+
+class SandboxOrganization(Protocol):
+    """What ``organization_now`` reads of an organization (the row, or the viewer's copy)."""
+
+    @property
+    def test_clock_at(self) -> datetime | None: ...
+
+
+def organization_now(clock: Clock | datetime, org: SandboxOrganization | None) -> datetime:
+    """What time it is for ``org``: the one answer every mutation, derived status,
+    "today" and event of that organization uses (rules §9.3, §9.4).
+
+    A live organization runs on the wall clock (the process's ``clock``, or its instant
+    already read); a sandbox organization on its test clock, which only
+    advanceTestClock moves. ``org`` is the row or the viewer's copy of its clock, so
+    this costs no statement."""
+    if org is not None and org.test_clock_at is not None:
+        return org.test_clock_at
+    return clock if isinstance(clock, datetime) else clock.now()

@@ -41,6 +41,7 @@ class EventType:
     ACCOUNT_CREATED = "account.created"
     ACCOUNT_UPDATED = "account.updated"
     POLICY_UPDATED = "organization.policy_updated"
+    TEST_CLOCK_ADVANCED = "organization.test_clock_advanced"
     PLAN_TEMPLATE_CREATED = "plan_template.created"
     PLAN_SUBSCRIBED = "plan.subscribed"
     PLAN_UPDATED = "plan.updated"

@@ -167,6 +167,35 @@ class PaymentGateway(Protocol):
     ) -> dict[str, Any]: ...
 
 
+# Stripe's live-mode secret and restricted keys; a sandbox never uses one (rules §9.4).
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+
+
+class SandboxLiveKeyError(DomainError):
+    code = "SANDBOX_LIVE_KEY"
+
+
+class SandboxOrganization(Protocol):
+    @property
+    def sandbox(self) -> bool: ...
+
+    @property
+    def slug(self) -> str: ...
+
+
+def gateway_for(gateway: PaymentGateway, org: SandboxOrganization) -> PaymentGateway:
+    """``gateway`` if ``org`` may talk to Stripe through it: a sandbox organization only
+    with a test-mode key, so trying things out never moves real money. Otherwise
+    SANDBOX_LIVE_KEY, before anything is written or sent."""
+    if org.sandbox and getattr(gateway, "live_mode", False):
+        raise SandboxLiveKeyError(
+            f"“{org.slug}” is a sandbox organization and this server's Stripe key is a "
+            "live-mode key; card payments of a sandbox need a test-mode key (sk_test_… or "
+            "rk_test_…). Offline payments keep working."
+        )
+    return gateway
+
+
 class OffGateway:
     """No Stripe key: card operations are refused with a sentence an admin can act on."""
 
@@ -241,6 +270,8 @@ class StripeGateway:
         max_backoff: float = 4.0,
     ) -> None:
         self._webhook_secret = webhook_secret
+        # Live money: a sandbox organization is refused this gateway (``gateway_for``).
+        self.live_mode = api_key.startswith(LIVE_KEY_PREFIXES)
         self._max_attempts = max(1, max_attempts)
         self._backoff = backoff
         self._max_backoff = max_backoff

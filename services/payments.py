@@ -20,6 +20,7 @@ the others take a session and never commit.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -56,6 +57,8 @@ from services.gateway import (
     GatewayOutcomeUnknownError,
     IntentState,
     PaymentGateway,
+    SandboxLiveKeyError,
+    gateway_for,
 )
 from services.idempotency import run_idempotent
 from services.invoice_status import mark_milestones, set_status, settle, unpaid_status_now
@@ -63,6 +66,7 @@ from services.locks import lock_account, lock_invoice
 from services.refunds import reconcile_refunds
 
 Sessionmaker = async_sessionmaker[AsyncSession]
+log = logging.getLogger(__name__)
 
 ABANDON_AFTER = timedelta(minutes=30)
 # A PENDING row older than this whose gateway call never answered is asked about again.
@@ -1016,7 +1020,12 @@ class PaymentJobs:
     async def __call__(
         self, sessionmaker: Sessionmaker, org: Organization, as_of: datetime
     ) -> list[Payment]:
-        return await run_payment_jobs(sessionmaker, self.gateway, org, as_of)
+        try:
+            gateway = gateway_for(self.gateway, org)
+        except SandboxLiveKeyError as refused:
+            log.warning("payment jobs skipped: %s", refused.message)
+            return []
+        return await run_payment_jobs(sessionmaker, gateway, org, as_of)
 
 
 def register_payment_jobs(gateway: PaymentGateway) -> PaymentJobs:

@@ -9,7 +9,7 @@ finalization instant of the invoices still pending, so they finalize by the new 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import AdditionalChargesPolicy, Invoice, InvoiceStatus, Organization
 from services import events, money
-from services.clock import start_of_day
+from services.clock import organization_now, start_of_day
 from services.errors import ConflictError, InvalidStateError, NotFoundError, ValidationError
 from services.events import EventType
 from services.locks import lock_organization
@@ -108,10 +108,20 @@ async def create_organization(
     *,
     actor_user_id: int | None = None,
     sandbox: bool = False,
+    clock_start: datetime | None = None,
     **policy: Any,
 ) -> Organization:
     """A new tenant with its currency and, optionally, policy settings (rules §3).
-    A ``sandbox`` space is one for trying things out."""
+    A ``sandbox`` space is one for trying things out on a test clock of its own,
+    starting at ``clock_start`` (default: ``now``) (rules §9.4)."""
+    if clock_start is not None and not sandbox:
+        raise ValidationError(
+            "Only a sandbox organization has a test clock to start; a live one goes by "
+            "the wall clock (add --sandbox, or leave out --clock-start)."
+        )
+    if clock_start is not None and clock_start.tzinfo is None:
+        raise ValidationError("The clock start needs a timezone offset, e.g. 2026-09-01T09:00Z.")
+    test_clock_at = (clock_start or now).astimezone(UTC) if sandbox else None
     name = name.strip()
     if not name:
         raise ValidationError("An organization needs a name.")
@@ -125,18 +135,20 @@ async def create_organization(
     if await session.scalar(select(Organization.id).where(Organization.slug == slug)):
         raise ConflictError(f"The slug “{slug}” is taken; choose another.")
     org = Organization(
-        name=name, slug=slug, currency=currency, sandbox=sandbox, created_at=now, **settings
-    )
+        name=name, slug=slug, currency=currency, sandbox=sandbox, test_clock_at=test_clock_at,
+        created_at=now, **settings,
+    )  # fmt: skip
     session.add(org)
     await session.flush()
     events.record(
         session,
         organization_id=org.id,
         type=EventType.POLICY_UPDATED,
-        at=now,
+        at=organization_now(now, org),
         actor_user_id=actor_user_id,
         created=True,
         sandbox=sandbox,
+        test_clock_at=test_clock_at.isoformat() if test_clock_at else None,
         changes={k: str(v) if not isinstance(v, bool | int) else v for k, v in settings.items()},
     )
     return org

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Organization, Role, User
 from services import accounts, policy
+from services.clock import organization_now
 from services.errors import ConflictError, NotFoundError, ValidationError
 
 
@@ -43,10 +44,12 @@ async def provision_organization(
     timezone: str | None = None,
     billing_day: int | None = None,
     sandbox: bool = False,
+    clock_start: datetime | None = None,
     admin_subject: str | None = None,
 ) -> tuple[Organization, User]:
     """A new organization (default policy, optionally its timezone and billing day)
-    and its first ADMIN. An e-mail that already signs in to any space is refused, so
+    and its first ADMIN; a sandbox's test clock starts at ``clock_start`` or ``now``.
+    An e-mail that already signs in to any space is refused, so
     a person never has to say which space they mean."""
     email = admin_email.strip().lower()
     existing = await session.scalar(
@@ -63,15 +66,16 @@ async def provision_organization(
     if billing_day is not None:
         settings["billing_day"] = billing_day
     org = await policy.create_organization(
-        session, name, slug or slug_for(name), currency, now, sandbox=sandbox, **settings
-    )
+        session, name, slug or slug_for(name), currency, now, sandbox=sandbox,
+        clock_start=clock_start, **settings,
+    )  # fmt: skip
     admin = await accounts.create_user(
         session,
         org,
         email=admin_email,
         name=admin_name,
         role=Role.ADMIN,
-        now=now,
+        now=organization_now(now, org),
         external_subject=admin_subject,
     )
     return org, admin

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -30,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Account, Organization, Payment, ProcessedWebhook, Refund
 from services import events
-from services.clock import Clock
+from services.clock import Clock, organization_now
 from services.events import EventType
 from services.gateway import IntentState, InvalidWebhookError, PaymentGateway, RefundState
 from services.locks import lock_account
@@ -179,7 +178,7 @@ async def handle_stripe_webhook(
                 await session.flush()
             except IntegrityError:
                 raise _Duplicate from None
-            applied = await _apply(session, event_type, obj, now)
+            applied = await _apply(session, event_type, obj, clock)
     except _Duplicate:
         return WebhookOutcome(event_id, event_type, duplicate=True)
     except IntegrityError:
@@ -196,14 +195,16 @@ async def _seen(sessionmaker: async_sessionmaker[AsyncSession], event_id: str) -
 
 
 async def _apply(
-    session: AsyncSession, event_type: str, obj: Mapping[str, Any], now: datetime
+    session: AsyncSession, event_type: str, obj: Mapping[str, Any], clock: Clock
 ) -> bool:
+    # The signature's age goes by the wall clock; what the event changes is stamped
+    # with its organization's now (a sandbox's test clock, rules §9.4).
     if event_type in PAYMENT_INTENT_EVENTS:
-        return await _apply_intent(session, IntentState.from_object(obj), now)
+        return await _apply_intent(session, IntentState.from_object(obj), clock)
     if event_type in REFUND_EVENTS:
-        return await _apply_refund(session, RefundState.from_object(obj), now)
+        return await _apply_refund(session, RefundState.from_object(obj), clock)
     if event_type in SETUP_EVENTS:
-        return await _apply_setup(session, obj, now)
+        return await _apply_setup(session, obj, clock)
     return False
 
 
@@ -215,7 +216,7 @@ def _metadata_id(metadata: Mapping[str, str], name: str) -> int | None:
     return int(value) if isinstance(value, str) and _METADATA_PK.fullmatch(value) else None
 
 
-async def _apply_intent(session: AsyncSession, intent: IntentState, now: datetime) -> bool:
+async def _apply_intent(session: AsyncSession, intent: IntentState, clock: Clock) -> bool:
     payment = await session.scalar(
         select(Payment).where(Payment.gateway_payment_intent_id == intent.id)
     )
@@ -229,11 +230,12 @@ async def _apply_intent(session: AsyncSession, intent: IntentState, now: datetim
             return False
     org = await session.get(Organization, payment.organization_id)
     assert org is not None
+    now = organization_now(clock, org)
     await apply_payment_intent_state(session, org, payment.id, intent, now)
     return True
 
 
-async def _apply_refund(session: AsyncSession, state: RefundState, now: datetime) -> bool:
+async def _apply_refund(session: AsyncSession, state: RefundState, clock: Clock) -> bool:
     refund = await session.scalar(select(Refund).where(Refund.gateway_refund_id == state.id))
     if refund is None:
         refund_id = _metadata_id(state.metadata, "deskbill_refund_id")
@@ -244,11 +246,12 @@ async def _apply_refund(session: AsyncSession, state: RefundState, now: datetime
             return False
     org = await session.get(Organization, refund.organization_id)
     assert org is not None
+    now = organization_now(clock, org)
     await apply_refund_state(session, org, refund.id, state, now)
     return True
 
 
-async def _apply_setup(session: AsyncSession, obj: Mapping[str, Any], now: datetime) -> bool:
+async def _apply_setup(session: AsyncSession, obj: Mapping[str, Any], clock: Clock) -> bool:
     """A card saved through a SetupIntent becomes the account's default method when it
     has none (an admin's explicit choice is never overwritten)."""
     customer, method = obj.get("customer"), obj.get("payment_method")
@@ -264,6 +267,7 @@ async def _apply_setup(session: AsyncSession, obj: Mapping[str, Any], now: datet
     account = await lock_account(session, found.organization_id, found.id)
     if account.default_payment_method_id:
         return False
+    now = organization_now(clock, await session.get(Organization, account.organization_id))
     account.default_payment_method_id = str(method)
     events.record(
         session,

@@ -24,7 +24,7 @@ from resolvers.mutations.common import (
 from resolvers.permissions import context, pk_of, require_admin, require_writer
 from schema import inputs as i
 from schema import types as t
-from services import accounts, billing, bookings, invoices, plans, policy
+from services import accounts, billing, bookings, invoices, plans, policy, test_clocks
 from services.clock import refuse_future
 from services.errors import ValidationError
 
@@ -327,16 +327,19 @@ class BillingMutations:
         return await _invoice_action(info, invoice_id, unvoid, "Invoice", "CreditNote")
 
     @strawberry.mutation(
-        description="Run the billing clock for an instant (default: now): finalize what is "
-        "due, move statuses, add plan periods. Idempotent. An instant in the past is a "
-        "catch-up; one more than 5 minutes after now is refused (VALIDATION)."
+        description="Run the billing clock for an instant (default: the organization's "
+        "now): finalize what is due, move statuses, add plan periods. Idempotent. An "
+        "instant in the past is a catch-up; a live organization refuses one more than 5 "
+        "minutes after now, a sandbox one after its test clock (VALIDATION)."
     )
     async def run_billing(self, info: Info, as_of: datetime | None = None) -> i.BillingRun:
         who = require_admin(info)
         ctx = context(info)
         async with reading(info) as w:
-            now = w.now
-        instant = now if as_of is None else refuse_future(_instant(as_of, "asOf"), now)
+            now, sandbox = w.now, w.org.sandbox
+        instant = (
+            now if as_of is None else refuse_future(_instant(as_of, "asOf"), now, sandbox=sandbox)
+        )
         result = await billing.run_billing(ctx.sessionmaker, who.organization_id, instant)
         await ctx.announce_latest(who.organization_id)
         ctx.reset_loaders()
@@ -348,6 +351,42 @@ class BillingMutations:
             status_changes=result.status_changes,
             plan_periods_added=result.plan_periods_added,
             plans_ended=result.plans_ended,
+        )
+
+    @strawberry.mutation(
+        description="Move a sandbox organization's test clock forward to `to` (at most "
+        "731 days per call), running billing at every boundary on the way, in order: "
+        "finalizations, due and overdue dates, auto-pay retries, billing dates. Each step "
+        "commits on its own. A live organization refuses (NOT_A_SANDBOX); `to` not later "
+        "than the clock is refused (VALIDATION)."
+    )
+    async def advance_test_clock(self, info: Info, to: datetime) -> i.TestClockAdvance:
+        who = require_admin(info)
+        ctx = context(info)
+        try:
+            report = await test_clocks.advance_test_clock(
+                ctx.sessionmaker, who.organization_id, to, actor_user_id=who.user_id
+            )
+        finally:
+            await ctx.announce_latest(who.organization_id)
+            ctx.reset_loaders()
+        return i.TestClockAdvance(
+            previous=report.previous,
+            now=report.now,
+            invoices_finalized=report.invoices_finalized,
+            status_changes=report.status_changes,
+            payments_attempted=report.payments_attempted,
+            stopped_short=report.stopped_short,
+            steps=[
+                i.TestClockStep(
+                    at=step.at,
+                    invoices_finalized=step.invoices_finalized,
+                    status_changes=step.status_changes,
+                    payments_attempted=step.payments_attempted,
+                    plan_periods_added=step.plan_periods_added,
+                )
+                for step in report.steps
+            ],
         )
 
 

@@ -18,7 +18,7 @@ import strawberry
 from sqlalchemy import select
 from strawberry.types import Info
 
-from models import Refund
+from models import Organization, Refund
 from resolvers import mapping
 from resolvers.mutations.common import JSON, Work, account_pk, amount, idempotent, reading
 from resolvers.permissions import (
@@ -31,13 +31,14 @@ from resolvers.permissions import (
 from schema import payment_inputs as p
 from schema import types as t
 from services import payments, refunds
-from services.gateway import OffGateway, PaymentGateway
+from services.gateway import OffGateway, PaymentGateway, gateway_for
 
 
-def _gateway(info: Info) -> PaymentGateway:
-    # The lifespan sets it; a context without one (no lifespan) has card payments off.
+def _gateway(info: Info, org: Organization) -> PaymentGateway:
+    """The gateway ``org`` may use (a sandbox refuses a live Stripe key, SANDBOX_LIVE_KEY).
+    The lifespan sets it; a context without one (no lifespan) has card payments off."""
     gateway: PaymentGateway | None = context(info).services.get("gateway")
-    return gateway if gateway is not None else OffGateway()
+    return gateway_for(gateway if gateway is not None else OffGateway(), org)
 
 
 async def _after_gateway_work(info: Info, organization_id: int) -> None:
@@ -108,7 +109,7 @@ class PaymentMutations:
         org, now = w.org, w.now
         try:
             started = await payments.start_card_payment(
-                ctx.sessionmaker, _gateway(info), org, pk, now,
+                ctx.sessionmaker, _gateway(info, org), org, pk, now,
                 actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -134,7 +135,7 @@ class PaymentMutations:
             org, now = w.org, w.now
         try:
             payment = await payments.charge_now(
-                ctx.sessionmaker, _gateway(info), org, pk, now,
+                ctx.sessionmaker, _gateway(info, org), org, pk, now,
                 actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -155,7 +156,7 @@ class PaymentMutations:
             org = w.org
         # Without a key every call is a new SetupIntent, as a fresh card sheet expects.
         secret = await payments.start_card_setup(
-            context(info).sessionmaker, _gateway(info), org, pk,
+            context(info).sessionmaker, _gateway(info, org), org, pk,
             request_key=idempotency_key or uuid.uuid4().hex,
         )  # fmt: skip
         context(info).reset_loaders()
@@ -178,7 +179,7 @@ class PaymentMutations:
             org, now = w.org, w.now
         try:
             refund = await refunds.refund_payment(
-                ctx.sessionmaker, _gateway(info), org, payment_id, minor, now,
+                ctx.sessionmaker, _gateway(info, org), org, payment_id, minor, now,
                 reason=input.reason, actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -201,7 +202,7 @@ class PaymentMutations:
             org, now = w.org, w.now
         try:
             done = await refunds.refund_credit(
-                ctx.sessionmaker, _gateway(info), org, note_id, minor, now,
+                ctx.sessionmaker, _gateway(info, org), org, note_id, minor, now,
                 reason=input.reason, actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
