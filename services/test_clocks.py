@@ -39,6 +39,9 @@ Sessionmaker = async_sessionmaker[AsyncSession]
 # One call crosses at most two years (two of every yearly plan's renewals); a longer
 # walk is several calls, each answering with its own report.
 MAX_ADVANCE = timedelta(days=731)
+# A step bills the sandbox's accounts one at a time, in id order, so walking the same
+# story numbers its invoices the same way every time (a live run bills several at once).
+SANDBOX_LIMITS = billing.BillingLimits(concurrency=1)
 # A sandbox with a few accounts has a handful of boundaries a month; the cap keeps one
 # call bounded whatever the data (the report says when it stopped short).
 MAX_STEPS = 400
@@ -210,7 +213,7 @@ async def advance_test_clock(
     to: datetime,
     *,
     actor_user_id: int | None = None,
-    limits: billing.BillingLimits = billing.DEFAULT_LIMITS,
+    limits: billing.BillingLimits = SANDBOX_LIMITS,
 ) -> ClockAdvance:
     """Move a sandbox organization's test clock forward to ``to``, billing at every
     boundary on the way (module docstring). A live organization is refused

@@ -225,6 +225,7 @@ class FakeStripe:
         self.requests: list[RequestLog] = []
         self.faults_injected: list[Fault] = []
         self._failing_refunds: set[str] = set()
+        self._declines_left: dict[str, int] = {}
         self._idempotent: dict[str, _Stored] = {}
         self._lock = threading.RLock()
         self._random = random.Random()
@@ -279,6 +280,12 @@ class FakeStripe:
         """Refunds on this intent fail when settled (e.g. the card was closed)."""
         with self._lock:
             self._failing_refunds.add(payment_intent)
+
+    def decline_next(self, payment_method: str, times: int = 1) -> None:
+        """The next ``times`` charges of this card are declined for insufficient funds,
+        then it pays as usual (a card topped up between an auto-pay and its retry)."""
+        with self._lock:
+            self._declines_left[payment_method] = times
 
     # -- reading state -----------------------------------------------------------
 
@@ -613,6 +620,9 @@ class FakeStripe:
 
     def _decide(self, intent: dict[str, Any], *, off_session: bool) -> None:
         outcome = CARDS[intent["payment_method"]]
+        if self._declines_left.get(intent["payment_method"], 0) > 0:
+            self._declines_left[intent["payment_method"]] -= 1
+            outcome = CARDS["pm_card_insufficient_funds"]
         if outcome is None:
             intent["status"] = "succeeded"
             intent["amount_received"] = intent["amount"]
