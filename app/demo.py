@@ -10,6 +10,10 @@ passes, cancellations that earn credit, credit notes applied in part, card and c
 payments, a refund, voided invoices, and invoices in every status but PROCESSING (a
 card payment in flight only lasts until its webhook arrives).
 
+The space is a sandbox organization (rules §9.4): its test clock follows the story
+and stops at the moment the demo was loaded; an admin moves it on with
+``advanceTestClock`` to see the next months billed.
+
 Card payments need a gateway; the demo must not touch a real one, so its card
 payments go through ``DemoCardTerminal``, which approves every PaymentIntent and
 refund at once — the engine records them exactly as it records Stripe's answers.
@@ -52,7 +56,17 @@ from models import (
     User,
 )
 from models.enums import OUTSTANDING_STATUSES
-from services import accounts, billing, bookings, invoices, payments, plans, policy, refunds
+from services import (
+    accounts,
+    billing,
+    bookings,
+    invoices,
+    payments,
+    plans,
+    policy,
+    refunds,
+    test_clocks,
+)
 from services.clock import FixedClock, SystemClock
 from services.gateway import IntentState, InvalidWebhookError, RefundState
 
@@ -204,9 +218,18 @@ class _Builder:
 
     @asynccontextmanager
     async def step(self) -> AsyncIterator[tuple[AsyncSession, Organization]]:
-        """One transaction, as one request would be."""
+        """One transaction, as one request would be, at the sandbox's clock (moved to
+        the story's "now" first)."""
         async with self.sessionmaker.begin() as session:
-            yield session, await policy.get_organization(session, self.org_id)
+            org = await policy.get_organization(session, self.org_id)
+            actor = self.admin.id if self.admin is not None else None
+            test_clocks.move_test_clock(session, org, self.now, actor_user_id=actor)
+            yield session, org
+
+    async def sync_clock(self) -> None:
+        """The sandbox's test clock to the story's "now" (it only moves forward)."""
+        async with self.step():
+            pass
 
     async def organization(self) -> Organization:
         async with self.sessionmaker() as session:
@@ -222,6 +245,7 @@ class _Builder:
         (only where it has work: billing dates and a plan's start date)."""
         self.at(instant)
         await billing.run_billing(self.sessionmaker, self.org_id, instant)
+        await self.sync_clock()
 
     def account(self, who: int | str) -> Account:
         return self.teams[who] if isinstance(who, str) else self.member_accounts[who]
@@ -233,6 +257,7 @@ class _Builder:
             org = await policy.create_organization(
                 session, "Harbour Works", self.slug, "USD", self.now,
                 timezone=TIMEZONE, billing_day=1, overdue_after_days=7,
+                sandbox=True, clock_start=self.now,
             )  # fmt: skip
             self.org_id = org.id
             self.admin = await accounts.create_user(
@@ -614,6 +639,7 @@ async def load_demo(
         slug = next(s for s in candidates if s not in taken)
         builder = _Builder(sessionmaker, FixedClock(now), DemoCardTerminal(), slug)
         await _build(builder, now)
+        await builder.sync_clock()
         async with sessionmaker() as session:
             org = await policy.get_organization(session, builder.org_id)
             people = await _people(session, org)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Event, Invoice, InvoiceStatus, Organization, Payment, PaymentStatus
@@ -32,6 +32,7 @@ from services import billing, events, invoices
 from services.clock import local_date, start_of_day
 from services.errors import ConflictError, DomainError, NotFoundError, ValidationError
 from services.events import EventType
+from services.locks import lock_organization
 from services.payments import ABANDON_AFTER, MAX_AUTOPAY_ATTEMPTS
 
 Sessionmaker = async_sessionmaker[AsyncSession]
@@ -207,6 +208,39 @@ async def _step_counts(
     return int(changes or 0), int(attempts or 0)
 
 
+def move_test_clock(
+    session: AsyncSession,
+    org: Organization,
+    instant: datetime,
+    *,
+    actor_user_id: int | None = None,
+    **report: int,
+) -> None:
+    """Set a sandbox's clock to ``instant`` (not earlier than it is) with its event, in
+    the caller's transaction; the caller has billed up to ``instant`` (or tells a story
+    in order, as the demo does)."""
+    previous = org.test_clock_at
+    if not org.sandbox or previous is None:
+        raise NotASandboxError(f"“{org.slug}” is a live organization; it has no test clock.")
+    if instant < previous:
+        raise ValidationError(
+            f"A test clock only moves forward: it is at {previous.isoformat()}.", field="to"
+        )
+    if instant == previous:
+        return
+    org.test_clock_at = instant
+    events.record(
+        session,
+        organization_id=org.id,
+        type=EventType.TEST_CLOCK_ADVANCED,
+        at=instant,
+        actor_user_id=actor_user_id,
+        previous=previous.isoformat(),
+        now=instant.isoformat(),
+        **report,
+    )
+
+
 async def advance_test_clock(
     sessionmaker: Sessionmaker,
     organization_id: int,
@@ -246,28 +280,20 @@ async def advance_test_clock(
             step.status_changes, step.payments_attempted = await _step_counts(
                 session, organization_id, event_after, payment_after
             )
-            moved = await session.execute(
-                update(Organization)
-                .where(Organization.id == organization_id, Organization.test_clock_at == current)
-                .values(test_clock_at=instant)
-            )
-            if moved.rowcount != 1:  # type: ignore[attr-defined]
+            # Taken under the row lock: a second advance running at once finds the clock
+            # moved and stops, instead of walking the same steps again.
+            org = await lock_organization(session, organization_id)
+            if org.test_clock_at != current:
                 raise ConflictError(
                     "Another advance of this test clock ran at the same time; read "
                     "`organization { now }` and advance again from there."
                 )
-            events.record(
-                session,
-                organization_id=organization_id,
-                type=EventType.TEST_CLOCK_ADVANCED,
-                at=instant,
-                actor_user_id=actor_user_id,
-                previous=current.isoformat(),
-                now=instant.isoformat(),
+            move_test_clock(
+                session, org, instant, actor_user_id=actor_user_id,
                 invoices_finalized=step.invoices_finalized,
                 status_changes=step.status_changes,
                 payments_attempted=step.payments_attempted,
-            )
+            )  # fmt: skip
         report.steps.append(step)
         current = report.now = instant
     return report
