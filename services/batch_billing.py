@@ -164,10 +164,7 @@ class _BatchedRun:
 
     async def run(self, org_id: int | None) -> BillingRunResult:
         async with self.sessionmaker() as session:
-            query = select(Organization).order_by(Organization.id)
-            if org_id is not None:
-                query = query.where(Organization.id == org_id)
-            orgs = list(await session.scalars(query))
+            orgs = list(await session.scalars(billing.organizations_to_bill(org_id)))
             rows = await session.execute(
                 text(
                     "SELECT pg_get_serial_sequence(t, 'id') FROM unnest(CAST(:t AS TEXT[])) "

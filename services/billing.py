@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Account, Invoice, InvoiceStatus, LineItem, Organization, PlanSubscription
@@ -273,6 +273,16 @@ async def bill_account(
     return outcome
 
 
+def organizations_to_bill(org_id: int | None) -> Select[Organization]:
+    """The organizations a run bills: the one named, or every live one. A sandbox's
+    time is its test clock (rules §9.4), so a run for all never bills it by the wall
+    clock; ``services.test_clocks`` names it when its clock moves."""
+    query = select(Organization).order_by(Organization.id)
+    if org_id is not None:
+        return query.where(Organization.id == org_id)
+    return query.where(Organization.sandbox.is_(False))
+
+
 async def run_billing(
     sessionmaker: Sessionmaker,
     org_id: int | None,
@@ -317,12 +327,7 @@ class _Run:
 
     async def run(self, org_id: int | None) -> BillingRunResult:
         async with self.sessionmaker() as session:
-            query = select(Organization).order_by(Organization.id)
-            if org_id is not None:
-                query = query.where(Organization.id == org_id)
-            else:
-                query = query.where(Organization.sandbox.is_(False))
-            orgs = list(await session.scalars(query))
+            orgs = list(await session.scalars(organizations_to_bill(org_id)))
         lists: list[tuple[_Organization, list[int]]] = []
         for org in orgs:
             try:
