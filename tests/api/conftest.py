@@ -21,8 +21,16 @@ from app.settings import Settings
 from services.clock import FixedClock
 from tests.world import World, build_world
 
-# A fresh signing secret per run: no value in the source tree signs a token here.
-SETTINGS = Settings(worker_enabled=False, graphiql=True, token_secret=secrets.token_urlsafe(32))
+# A fresh signing secret per run: no value in the source tree signs a token here. Cost
+# rate limits are off: a test's queries arrive far faster than any client's, so the
+# buckets would refuse them on the wall clock; tests/api/test_rate_limits.py turns them
+# on with small buckets on a clock of its own.
+SETTINGS = Settings(
+    worker_enabled=False,
+    graphiql=True,
+    token_secret=secrets.token_urlsafe(32),
+    rate_limits=False,
+)
 
 
 @dataclass

@@ -29,6 +29,7 @@ PAGE = "{ invoices(first: 10) { nodes { number } } }"  # cost 11
 RENAME = """mutation ($id: ID!, $name: String!) {
   updateAccount(accountId: $id, input: {name: $name}) { name } }"""  # cost 1
 LIMITS = {
+    "rate_limits": True,
     "cost_bucket_analyst": 25,
     "cost_restore_analyst": 1.0,
     "cost_bucket_admin": 25,
