@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,9 @@ def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
 def migrate(database_url: str, revision: str = "head") -> None:
     from alembic import command
 
+    # Alembic 1.20 announces each of its own plugins at INFO on every run: a dozen lines
+    # of noise above the demo's tokens. The revisions it runs are still logged.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     command.upgrade(alembic_config(database_url), revision)
 
 
