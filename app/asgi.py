@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from app.analytics_exports import analytics_export_routes
@@ -33,6 +34,7 @@ from app.exports import export_routes
 from app.graphiql import graphiql_page, graphiql_routes
 from app.graphql import build_schema
 from app.health import healthz, readyz
+from app.known_reads import KnownReads
 from app.lifecycle import running
 from app.metrics import HttpMetrics, Metrics, metrics_endpoint
 from app.persisted import PersistedQueries, PersistedQueryMiddleware
@@ -56,8 +58,9 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
         if buckets is None and state.settings.rate_limits:
             # Kept on the state: tests reach the buckets (and their clock) there.
             buckets = state.services["cost_buckets"] = CostBuckets(state.settings)
+        schema = build_schema(state.settings, buckets)
         super().__init__(
-            build_schema(state.settings, buckets),
+            schema,
             graphql_ide="graphiql" if state.settings.graphiql else None,
             allow_queries_via_get=False,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
@@ -65,6 +68,10 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
             allowed_origins=state.settings.cors_origins,
         )
         self.state = state
+        # Repeated compiled reads, answered without Strawberry's execution.
+        self.known_reads = state.services["known_reads"] = KnownReads(
+            schema, state.settings, buckets
+        )
 
     def _context(self, request: Any, response: Any) -> RequestContext:
         state = self.state
@@ -121,6 +128,26 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
                 return await super().execute_operation(*args, **kwargs)
             finally:
                 context.connection = None
+
+    async def execute_single(  # type: ignore[override]
+        self, *args: Any, **kwargs: Any
+    ) -> Any:
+        """A known read (app/known_reads.py) is answered directly; any other operation
+        goes through Strawberry, and a read the compiled path answered there becomes
+        known."""
+        context: RequestContext = kwargs["context"]
+        data: GraphQLRequestData = kwargs["request_data"]
+        query, name, variables = data.query, data.operation_name, data.variables
+        if kwargs["request_adapter"].method == "POST":
+            known = await self.known_reads.answer(context, query, name, variables)
+            if known is not None:
+                return known
+        result = await super().execute_single(*args, **kwargs)
+        document = context.compiled_document
+        if document is not None and query is not None and isinstance(result.data, EncodedData):
+            if not result.errors:
+                self.known_reads.learn(query, name, document)
+        return result
 
     def encode_json(self, data: object) -> str | bytes:
         # A compiled read's result is the response body, already encoded.

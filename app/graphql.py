@@ -167,7 +167,7 @@ class DeskbillSchema(strawberry.Schema):
 
 def build_schema(
     settings: Settings | None = None, buckets: CostBuckets | None = None
-) -> strawberry.Schema:
+) -> DeskbillSchema:
     """The schema; ``buckets`` are the process's cost buckets (made here when rate
     limits are on and none are given)."""
     settings = settings or Settings()

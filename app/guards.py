@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 from graphql import (
     DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     GraphQLError,
+    GraphQLSchema,
     ListValueNode,
     ObjectValueNode,
     OperationDefinitionNode,
@@ -37,6 +39,7 @@ from graphql import (
     StringValueNode,
     ValueNode,
 )
+from strawberry import Schema as StrawberrySchema
 from strawberry.extensions import SchemaExtension
 
 from app.cost import check_cost, cost_limit
@@ -164,6 +167,45 @@ def _asks_for_cost(request: object) -> bool:
     return isinstance(value, str) and value.strip().lower() in {"include", "1", "true"}
 
 
+@dataclass(frozen=True)
+class Admission:
+    """An operation let through: its cost, and what its buckets gave (when asked for)."""
+
+    cost: int
+    grant: Grant | None
+
+
+def admit(
+    settings: Settings,
+    buckets: CostBuckets | None,
+    schema: GraphQLSchema | StrawberrySchema,
+    document: DocumentNode,
+    query: str | None,
+    variables: Mapping[str, object] | None,
+    operation_name: str | None,
+    viewer: object,
+    request: object,
+) -> Admission:
+    """No NUL, a cost within the viewer's budget, and that cost taken from the caller's
+    and the organization's buckets; each refusal raised as an already coded
+    ``GraphQLError`` having taken nothing."""
+    if where := request_nul(query, document, variables):
+        raise nul_refusal(where)
+    role = getattr(viewer, "role", None)
+    limit = cost_limit(settings, role)
+    if buckets is not None:
+        # A bucket smaller than the budget is the budget: nothing larger fits.
+        limit = min(limit, buckets.largest_cost(role))
+    cost = check_cost(schema, document, variables, operation_name, limit)
+    caller = _caller(viewer)
+    organization_id = getattr(viewer, "organization_id", None)
+    grant = None
+    if buckets is not None and caller is not None and organization_id is not None:
+        # RateLimitedError, coded, when the buckets cannot pay yet.
+        grant = buckets.take(organization_id=organization_id, caller=caller, role=role, cost=cost)
+    return Admission(cost, grant if _asks_for_cost(request) else None)
+
+
 class RequestGuards(SchemaExtension):
     """No NUL anywhere in the request, a cost within the viewer's budget and its
     buckets, and heavy operations one lane of their own."""
@@ -181,28 +223,22 @@ class RequestGuards(SchemaExtension):
         document = context.graphql_document
         cost = 0
         if document is not None:
-            if where := request_nul(context.query, document, context.variables):
-                raise nul_refusal(where)
-            viewer = getattr(context.context, "viewer", None)
-            role = getattr(viewer, "role", None)
-            limit = cost_limit(self.settings, role)
-            if self.buckets is not None:
-                # A bucket smaller than the budget is the budget: nothing larger fits.
-                limit = min(limit, self.buckets.largest_cost(role))
-            # Raised as an already coded GraphQLError: strawberry answers with it and
+            # Raised as already coded GraphQLErrors: strawberry answers with them and
             # runs nothing (no resolver, no SQL).
-            cost = check_cost(
-                context.schema, document, context.variables, context.operation_name, limit
-            )
-            caller = _caller(viewer)
-            organization_id = getattr(viewer, "organization_id", None)
-            if self.buckets is not None and caller is not None and organization_id is not None:
-                # RateLimitedError, coded, when the buckets cannot pay yet.
-                grant = self.buckets.take(
-                    organization_id=organization_id, caller=caller, role=role, cost=cost
+            admitted = getattr(context.context, "admission", None)
+            if not isinstance(admitted, Admission):
+                admitted = admit(
+                    self.settings,
+                    self.buckets,
+                    context.schema,
+                    document,
+                    context.query,
+                    context.variables,
+                    context.operation_name,
+                    getattr(context.context, "viewer", None),
+                    getattr(context.context, "request", None),
                 )
-                if _asks_for_cost(getattr(context.context, "request", None)):
-                    self.grant = grant
+            cost, self.grant = admitted.cost, admitted.grant
         if cost > self.lane.threshold:
             async with self.lane.places:
                 yield

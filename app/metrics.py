@@ -229,7 +229,7 @@ class OperationMetrics(SchemaExtension):
         started = time.perf_counter()
         yield
         ctx = self.execution_context
-        metrics = _metrics_of(ctx.context)
+        metrics = metrics_of(ctx.context)
         if metrics is None:
             return
         kind = "unknown"
@@ -243,11 +243,19 @@ class OperationMetrics(SchemaExtension):
         code = "OK"
         if errors:
             code = str((errors[0].extensions or {}).get("code") or "INTERNAL_ERROR")
-        metrics.operations.labels(metrics.operation_label(ctx.operation_name), kind, code).inc()
-        metrics.operation_latency.labels(kind).observe(time.perf_counter() - started)
+        count_operation(metrics, ctx.operation_name, kind, code, started)
 
 
-def _metrics_of(context: Any) -> Metrics | None:
+def count_operation(
+    metrics: Metrics, operation_name: str | None, kind: str, code: str, started: float
+) -> None:
+    """One operation answered: by name, type and outcome, and its time since ``started``
+    (a ``time.perf_counter()``)."""
+    metrics.operations.labels(metrics.operation_label(operation_name), kind, code).inc()
+    metrics.operation_latency.labels(kind).observe(time.perf_counter() - started)
+
+
+def metrics_of(context: Any) -> Metrics | None:
     services = getattr(context, "services", None) or {}
     found = services.get("metrics")
     return found if isinstance(found, Metrics) else None
@@ -290,7 +298,7 @@ def metered_gateway(inner: PaymentGateway, metrics: Metrics) -> PaymentGateway:
 
 def metrics_endpoint(state: AppState) -> Callable[[Request], Awaitable[Response]]:
     async def metrics(request: Request) -> Response:
-        found = _metrics_of(state)
+        found = metrics_of(state)
         hub = state.services.get("hub")
         if found is None:
             return Response(b"", media_type=CONTENT_TYPE_LATEST)

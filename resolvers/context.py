@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from graphql import DocumentNode
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from models import Event, Organization
@@ -47,6 +48,12 @@ class RequestContext:
     # The request's one read connection: authentication and a compiled read share
     # it; released as soon as the ordinary resolvers take over.
     connection: AsyncConnection | None = None
+    # Set by the compiled path when it answered: the document it answered, which
+    # the HTTP view then answers directly the next times (app/known_reads.py).
+    compiled_document: DocumentNode | None = None
+    # What the known-read path already admitted and charged (app.guards.Admission),
+    # so that falling back to the ordinary path does not charge the buckets twice.
+    admission: object | None = None
     _loaders: Loaders | None = None
 
     def now(self, org: Organization | None = None) -> datetime:

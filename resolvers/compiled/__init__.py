@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphql import DocumentNode, GraphQLError, GraphQLSchema, get_operation_ast
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql import GraphQLError, GraphQLSchema, get_operation_ast
 from graphql.execution.collect_fields import FieldDetails
 from graphql.execution.values import get_argument_values, get_variable_values
 from sqlalchemy.exc import DBAPIError
@@ -49,7 +49,7 @@ from resolvers.context import RequestContext
 from resolvers.viewer import Viewer
 from services.errors import DomainError
 
-__all__ = ["CompiledReads", "EncodedData"]
+__all__ = ["CompiledReads", "EncodedData", "Prepared", "prepare", "run"]
 
 log = logging.getLogger("deskbill.compiled")
 
@@ -179,17 +179,30 @@ async def _install_sqlite_functions(conn: AsyncConnection) -> None:
     raw.info["deskbill_compiled"] = True
 
 
-async def answer(execution_context: Any, conn: AsyncConnection, who: Viewer) -> bytes | None:
-    """The encoded response of the operation, or None when it is not ours to answer."""
-    schema = execution_context.schema
+@dataclass(frozen=True)
+class Prepared:
+    """A plan with the arguments of one request, ready to run on a connection."""
+
+    plan: Plan
+    args: dict[str, Any]
+
+
+def prepare(
+    schema: Any,
+    document: DocumentNode | None,
+    query: str,
+    operation_name: str | None,
+    raw_variables: dict[str, Any] | None,
+    who: Viewer,
+) -> Prepared | None:
+    """The plan and arguments of the operation, or None when it is not ours to answer.
+    Bad arguments raise their coded error (``DomainError``, ``GraphQLError``)."""
     gql_schema: GraphQLSchema = schema._schema
-    document = execution_context.graphql_document
-    query: str = execution_context.query or ""
-    operation = get_operation_ast(document, execution_context.operation_name)
+    operation = get_operation_ast(document, operation_name) if document is not None else None
     if operation is None or document is None:
         return None
     variables = get_variable_values(
-        gql_schema, operation.variable_definitions or (), execution_context.variables or {}
+        gql_schema, operation.variable_definitions or (), raw_variables or {}
     )
     if isinstance(variables, list):
         return None  # coercion errors: the Strawberry path reports them
@@ -198,7 +211,7 @@ async def answer(execution_context: Any, conn: AsyncConnection, who: Viewer) -> 
         steering = _steering[query] = directive_variables(document)
     key = (
         query,
-        execution_context.operation_name,
+        operation_name,
         who.account_ids is None,
         tuple(repr(variables.coerced.get(name)) for name in steering),
     )
@@ -215,13 +228,31 @@ async def answer(execution_context: Any, conn: AsyncConnection, who: Viewer) -> 
         _plans[key] = plan
     if plan is None:
         return None
-    args = _arguments(schema, plan, variables)
+    return Prepared(plan, _arguments(schema, plan, variables))
+
+
+async def run(prepared: Prepared, conn: AsyncConnection, who: Viewer) -> bytes:
+    """The encoded response body of a prepared operation, from one statement."""
+    plan = prepared.plan
     dialect = conn.dialect.name
     if dialect == "sqlite":
         await _install_sqlite_functions(conn)
     sql = plan.sql_for(dialect, who.currency)
-    body = await plan.answer.run(plan.root, conn, who, args, sql)  # type: ignore[arg-type]
+    body = await plan.answer.run(plan.root, conn, who, prepared.args, sql)  # type: ignore[arg-type]
     return ('{"data":{"' + plan.key + '":' + body + "}}").encode()
+
+
+async def answer(execution_context: Any, conn: AsyncConnection, who: Viewer) -> bytes | None:
+    """The encoded response of the operation, or None when it is not ours to answer."""
+    prepared = prepare(
+        execution_context.schema,
+        execution_context.graphql_document,
+        execution_context.query or "",
+        execution_context.operation_name,
+        execution_context.variables,
+        who,
+    )
+    return None if prepared is None else await run(prepared, conn, who)
 
 
 class CompiledReads(SchemaExtension):
@@ -252,4 +283,5 @@ class CompiledReads(SchemaExtension):
                 await ctx.release_connection()
             else:
                 ec.result = GraphQLExecutionResult(data=EncodedData(encoded))
+                ctx.compiled_document = ec.graphql_document
         yield
