@@ -9,12 +9,10 @@ connection per request.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,18 +22,10 @@ from models import User
 from schema.ids import encode
 from services.clock import FixedClock
 from tests.api.conftest import SETTINGS, Api, serve
-from tests.api.test_compiled_reads import Q1, Q2, Q3, ROLES, _compiled
+from tests.api.test_compiled_reads import Q1, Q2, Q3, ROLES, _compiled, plain
 from tests.world import World, add_many_invoices, build_world
 
-
-@pytest.fixture
-async def plain(engine: AsyncEngine, clock: FixedClock) -> AsyncIterator[Api]:
-    """The reference: the same app with the compiled path (and so known reads) off."""
-    app = create_app(replace(SETTINGS, compiled_reads=False), engine=engine, clock=clock,
-                     start_worker=False)  # fmt: skip
-    async for url in serve(app):
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            yield Api(url=url, app=app, client=client)
+__all__ = ["plain"]  # the reference app, a fixture of test_compiled_reads
 
 
 def known(api: Api) -> KnownReads:
