@@ -40,7 +40,9 @@ from sqlalchemy import (
     case,
     cast,
     func,
+    literal,
     literal_column,
+    or_,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -53,7 +55,7 @@ from strawberry.utils.str_converters import to_camel_case
 
 from app.auth import TokenError, authenticate, bearer_token
 from app.state import AppState
-from models import Account, Event, Invoice, LineItem, Payment, Refund
+from models import Account, Event, Invoice, InvoiceStatus, LineItem, Payment, Refund
 from resolvers import query
 from resolvers.context import Viewer
 from schema import filters as f
@@ -303,13 +305,42 @@ def _percent_text(ppm: Any) -> ColumnElement[Any]:
 
 
 def _instant_text(instant: Any) -> ColumnElement[Any]:
-    """A UTC instant as Python prints an aware datetime: microseconds only when set."""
+    """A UTC instant as Python prints an aware datetime: microseconds only when set;
+    empty when there is none (``concat`` alone would print a lone ``+00:00``)."""
     utc = func.timezone("UTC", instant)
     fraction = case(
         (func.to_char(utc, "US") == "000000", ""),
         else_=func.to_char(utc, ".US"),
     )
-    return func.concat(func.to_char(utc, "YYYY-MM-DD HH24:MI:SS"), fraction, "+00:00")
+    text = func.concat(func.to_char(utc, "YYYY-MM-DD HH24:MI:SS"), fraction, "+00:00")
+    return case((instant.is_(None), None), else_=text)
+
+
+def _invoice_text_columns(c: str) -> list[CopyColumn]:
+    # Invoice.balance_due as the model computes it: nothing owed on a credit note or
+    # a void invoice.
+    balance = case(
+        (or_(Invoice.total <= 0, Invoice.status == InvoiceStatus.VOID), 0),
+        else_=Invoice.total - Invoice.amount_paid - Invoice.credit_applied,
+    )
+    return [
+        Invoice.number, Invoice.status, Invoice.document_type, Invoice.account_id,
+        Account.name, Invoice.issue_date, Invoice.due_date, _instant_text(Invoice.paid_at),
+        literal(c), _major_text(Invoice.subtotal, c), _major_text(Invoice.tax, c),
+        _major_text(Invoice.total, c), _major_text(Invoice.amount_paid, c),
+        _major_text(Invoice.credit_applied, c), _major_text(balance, c),
+    ]  # fmt: skip
+
+
+def _payment_text_columns(c: str) -> list[CopyColumn]:
+    number = select(Invoice.number).where(Invoice.id == Payment.invoice_id).scalar_subquery()
+    return [
+        Payment.id, number, Payment.account_id, Payment.status, Payment.type, Payment.method,
+        _major_text(Payment.amount, c), _major_text(Payment.applied_amount, c),
+        _major_text(Payment.refunded_amount, c), Payment.received_on,
+        _instant_text(Payment.created_at), _instant_text(Payment.succeeded_at),
+        Payment.error_code,
+    ]  # fmt: skip
 
 
 def _item_text_columns(c: str) -> list[CopyColumn]:
@@ -324,7 +355,9 @@ def _item_text_columns(c: str) -> list[CopyColumn]:
 
 # Kinds PostgreSQL writes itself (COPY), as text columns in the order of their header.
 COPY_COLUMNS: dict[str, Callable[[str], list[CopyColumn]]] = {
+    "invoices": _invoice_text_columns,
     "invoice-items": _item_text_columns,
+    "payments": _payment_text_columns,
 }
 # COPY chunks (about 64 KiB each) waiting for the client; when the client reads slowly
 # the COPY waits too, so memory stays flat whatever the export's size.
