@@ -67,9 +67,13 @@ async def build(url: str, copies: int) -> None:
             session, "Bench Coworking", "bench", "USD", BUILT_AT, default_tax_rate_ppm=200_000
         )
         template = await plans.create_plan_template(
-            session, org, name="Monthly desk", price=31_000,
-            interval=PlanInterval.MONTHLY, now=BUILT_AT,
-        )  # fmt: skip
+            session,
+            org,
+            name="Monthly desk",
+            price=31_000,
+            interval=PlanInterval.MONTHLY,
+            now=BUILT_AT,
+        )
         for n in range(TEMPLATE):
             user = await accounts.create_user(
                 session, org, email=f"member{n}@example.com", name=f"Member {n}", now=BUILT_AT
@@ -83,6 +87,8 @@ async def build(url: str, copies: int) -> None:
                     session, org, account, 12_000, "Goodwill", BUILT_AT, origin="CUSTOM"
                 )
     async with engine.begin() as conn:
+        # The app's statement timeout is for requests; copying 100,000 accounts is one statement.
+        await conn.execute(text("SET LOCAL statement_timeout = 0"))
         offset = 0
         for name in CLONED:
             offset = max(offset, (await conn.scalar(text(f"SELECT max(id) FROM {name}"))) or 0)
@@ -153,7 +159,8 @@ async def main() -> None:
         built = time.perf_counter() - started
         seconds, processed, finalized, statements = await run(url, args.workers, args.batch_size)
         print(
-            f"accounts={processed} finalized={finalized} built_in={built:.1f}s workers={args.workers} "
+            f"accounts={processed} finalized={finalized} built_in={built:.1f}s "
+            f"workers={args.workers} "
             f"batch_size={args.batch_size} run={seconds:.1f}s "
             f"accounts_per_s={processed / seconds:.0f} "
             f"statements={statements} per_account={statements / max(1, processed):.3f}"
