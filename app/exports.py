@@ -55,7 +55,16 @@ from strawberry.utils.str_converters import to_camel_case
 
 from app.auth import TokenError, authenticate, bearer_token
 from app.state import AppState
-from models import Account, Event, Invoice, InvoiceStatus, LineItem, Payment, Refund
+from models import (
+    Account,
+    CreditAllocation,
+    Event,
+    Invoice,
+    InvoiceStatus,
+    LineItem,
+    Payment,
+    Refund,
+)
 from resolvers import query
 from resolvers.context import Viewer
 from schema import filters as f
@@ -212,6 +221,16 @@ def _refund_row(row: Any, c: str) -> list[object]:
     ]  # fmt: skip
 
 
+def _allocation_row(row: Any, c: str) -> list[object]:
+    allocation, note_number, invoice_number = row
+    return [
+        allocation.id, note_number, invoice_number, allocation.account_id,
+        money.to_decimal(allocation.amount, c), allocation.kind,
+        "true" if allocation.removed_at is None else "false", allocation.created_at,
+        allocation.removed_at,
+    ]  # fmt: skip
+
+
 def _event_row(row: Any, c: str) -> list[object]:
     (event,) = row
     return [
@@ -274,6 +293,21 @@ EXPORTS: dict[str, tuple[type, Callable[[Viewer, Any], Select[Any]], list[str], 
         ["refund_id", "credit_note_number", "account_id", "payment_id", "status", "method",
          "amount", "currency", "reason", "error_code", "created_at"],
         _refund_row,
+    ),
+    # Where credit went: each allocation of a credit note onto an invoice, live or removed.
+    "credit-allocations": (
+        f.CreditAllocationFilter,
+        lambda who, flt: query.credit_allocations_statement(who, flt)
+        .add_columns(
+            select(Invoice.number).where(Invoice.id == CreditAllocation.credit_note_id)
+            .scalar_subquery(),
+            select(Invoice.number).where(Invoice.id == CreditAllocation.invoice_id)
+            .scalar_subquery(),
+        )
+        .order_by(CreditAllocation.id),
+        ["allocation_id", "credit_note_number", "invoice_number", "account_id", "amount",
+         "kind", "active", "created_at", "removed_at"],
+        _allocation_row,
     ),
     # The event log, oldest first; ``payload`` is the event's JSON object.
     "events": (

@@ -19,6 +19,7 @@ from strawberry.types import Info
 from models import (
     Account,
     Booking,
+    CreditAllocation,
     DocumentType,
     Event,
     Invoice,
@@ -219,6 +220,31 @@ def refunds_statement(who: Viewer, flt: f.RefundFilter | None) -> Select[Any]:
         where.append(Refund.payment_id == pk_of(flt.payment_id, "Payment", field="paymentId"))
     where += _instant_range(Refund.created_at, flt.created_at)
     return select(Refund).where(*where)
+
+
+def credit_allocations_statement(who: Viewer, flt: f.CreditAllocationFilter | None) -> Select[Any]:
+    flt = flt or f.CreditAllocationFilter()
+    where: list[Any] = [
+        CreditAllocation.organization_id == who.organization_id,
+        account_scope(who, CreditAllocation.account_id),
+    ]
+    if flt.account_id is not None:
+        where.append(
+            CreditAllocation.account_id.in_(pks_of(flt.account_id, "Account", field="accountId"))
+        )
+    if flt.credit_note_id is not None:
+        # A credit note keeps the id it had as a draft (an Invoice id) for its life.
+        note = pk_of(flt.credit_note_id, "CreditNote", "Invoice", field="creditNoteId")
+        where.append(CreditAllocation.credit_note_id == note)
+    if flt.invoice_id is not None:
+        where.append(
+            CreditAllocation.invoice_id == pk_of(flt.invoice_id, "Invoice", field="invoiceId")
+        )
+    if flt.active is not None:
+        live = CreditAllocation.removed_at.is_(None)
+        where.append(live if flt.active else ~live)
+    where += _instant_range(CreditAllocation.created_at, flt.created_at)
+    return select(CreditAllocation).where(*where)
 
 
 def payments_statement(who: Viewer, flt: f.PaymentFilter | None) -> Select[Any]:

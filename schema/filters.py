@@ -136,6 +136,18 @@ class RefundFilter:
 
 
 @strawberry.input
+class CreditAllocationFilter:
+    """Credit allocations (the credit-allocations export): by account, credit note,
+    invoice, whether still live, and when made."""
+
+    account_id: list[strawberry.ID] | None = None
+    credit_note_id: strawberry.ID | None = None
+    invoice_id: strawberry.ID | None = None
+    active: bool | None = None
+    created_at: DateTimeRange | None = None
+
+
+@strawberry.input
 class RefundSort:
     field: RefundSortField = RefundSortField.CREATED_AT
     direction: SortDirection = SortDirection.DESC

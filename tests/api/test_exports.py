@@ -425,3 +425,39 @@ async def test_a_copy_failing_mid_stream_fails_the_download(
     monkeypatch.undo()
     status, text = await _export(api, "invoice-items", world.tokens["admin"])
     assert status == 200 and len(_rows(text)) >= 2
+
+
+async def test_credit_allocations_export_says_where_credit_went(api: Api, world: World) -> None:
+    from schema.ids import encode
+
+    status, text = await _export(api, "credit-allocations", world.tokens["admin"])
+    assert status == 200, text
+    assert text.splitlines()[0] == (
+        "allocation_id,credit_note_number,invoice_number,account_id,amount,kind,active,"
+        "created_at,removed_at"
+    )
+    (allocation,) = _rows(text)
+    assert (allocation["credit_note_number"], allocation["invoice_number"]) == (
+        "CN-000001", "INV-000002",
+    )  # fmt: skip
+    assert (allocation["amount"], allocation["kind"], allocation["active"]) == (
+        "15.00", "MANUAL", "true",
+    )  # fmt: skip
+    assert allocation["removed_at"] == ""
+    assert _rows((await _export(api, "credit-allocations", world.tokens["alice"]))[1]) != []
+    assert _rows((await _export(api, "credit-allocations", world.tokens["bob"]))[1]) == []
+    rival = (await _export(api, "credit-allocations", world.tokens["rival_admin"]))[1]
+    assert _rows(rival) == []
+    for flt, count in (
+        ({"active": False}, 0),
+        ({"active": True}, 1),
+        ({"invoiceId": encode("Invoice", world.ids["due"])}, 1),
+        ({"invoiceId": encode("Invoice", world.ids["paid"])}, 0),
+        ({"creditNoteId": encode("CreditNote", world.ids["credit_note"])}, 1),
+        ({"accountId": [encode("Account", world.ids["bob_account"])]}, 0),
+    ):
+        status, text = await _export(api, "credit-allocations", world.tokens["admin"], flt)
+        assert status == 200 and len(_rows(text)) == count, (flt, text)
+    for bad in ({"creditNoteId": "x"}, {"active": "yes"}, {"credit_note_id": "x"}):
+        status, text = await _export(api, "credit-allocations", world.tokens["admin"], bad)
+        assert status == 400 and json.loads(text)["code"] == "VALIDATION", (bad, text)
