@@ -68,7 +68,8 @@ from services import (
     test_clocks,
 )
 from services.clock import FixedClock, SystemClock
-from services.gateway import IntentState, InvalidWebhookError, RefundState
+from services.errors import GatewayError
+from services.gateway import IntentState, InvalidWebhookError, RefundState, SavedCard
 
 SLUG = "harbour-works"
 TIMEZONE = "Europe/London"
@@ -170,6 +171,15 @@ class DemoCardTerminal:
 
     async def retrieve_refund(self, refund_id: str) -> RefundState:
         return self._refunds[refund_id]
+
+    async def list_cards(self, customer: str) -> list[SavedCard]:
+        return []  # the demo's cards are never saved at a gateway
+
+    async def retrieve_card(self, payment_method: str) -> SavedCard:
+        raise GatewayError("The demo card terminal keeps no saved cards.")
+
+    async def detach_card(self, payment_method: str) -> SavedCard:
+        raise GatewayError("The demo card terminal keeps no saved cards.")
 
     def verify_webhook(
         self, raw_body: bytes, signature_header: str | None, *, now: datetime

@@ -47,6 +47,9 @@ GATEWAY_CALLS = frozenset(
     {
         "create_customer",
         "create_setup_intent",
+        "list_cards",
+        "retrieve_card",
+        "detach_card",
         "create_payment_intent",
         "retrieve_payment_intent",
         "cancel_payment_intent",

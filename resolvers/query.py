@@ -35,6 +35,7 @@ from models import (
 from models.enums import OUTSTANDING_STATUSES
 from resolvers import identity, mapping, webhooks
 from resolvers.analytics import AnalyticsQuery
+from resolvers.cards import CardQuery
 from resolvers.context import Viewer
 from resolvers.notifications import NotificationQuery
 from resolvers.pagination import Ordering, encode_cursor, paginate, parse_sequence_cursor
@@ -274,7 +275,7 @@ def _connection_args(first: int | None, after: str | None) -> dict[str, Any]:
 
 
 @strawberry.type
-class Query(AnalyticsQuery, NotificationQuery):
+class Query(AnalyticsQuery, CardQuery, NotificationQuery):
     @strawberry.field(description="Who is asking: role, user, organization, visible accounts.")
     async def viewer(self, info: Info) -> t.Viewer:
         who = viewer(info)

@@ -86,3 +86,16 @@ class CardSetupPayload:
         description="The SetupIntent client secret; once the card is saved, Stripe's "
         "webhook makes it the account's default method (when it has none)."
     )
+
+
+@strawberry.type(description="A card saved at Stripe for an account.")
+class SavedCard:
+    id: strawberry.ID = strawberry.field(
+        description="Stripe's id of the card (a PaymentMethod), as setDefaultPaymentMethod "
+        "and detachPaymentMethod take it."
+    )
+    brand: str = strawberry.field(description="visa, mastercard, amex, …")
+    last4: str
+    exp_month: int | None
+    exp_year: int | None
+    is_default: bool = strawberry.field(description="The card auto-pay and pay links charge.")

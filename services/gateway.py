@@ -121,6 +121,34 @@ class RefundState:
         )
 
 
+@dataclass(frozen=True)
+class SavedCard:
+    """A card saved at the gateway for a customer (a Stripe PaymentMethod of type card)."""
+
+    id: str
+    customer: str | None
+    brand: str
+    last4: str
+    exp_month: int | None = None
+    exp_year: int | None = None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> SavedCard:
+        customer = obj.get("customer")
+        if isinstance(customer, Mapping):
+            customer = customer.get("id")
+        card = obj.get("card") or {}
+        month, year = card.get("exp_month"), card.get("exp_year")
+        return cls(
+            id=str(obj["id"]),
+            customer=str(customer) if customer else None,
+            brand=str(card.get("brand") or "unknown"),
+            last4=str(card.get("last4") or ""),
+            exp_month=int(month) if month is not None else None,
+            exp_year=int(year) if year is not None else None,
+        )
+
+
 class PaymentGateway(Protocol):
     """The engine's view of a card gateway. Every call is network I/O: never call it
     while holding a database transaction that others wait on."""
@@ -161,6 +189,12 @@ class PaymentGateway(Protocol):
     ) -> RefundState: ...
 
     async def retrieve_refund(self, refund_id: str) -> RefundState: ...
+
+    async def list_cards(self, customer: str) -> list[SavedCard]: ...
+
+    async def retrieve_card(self, payment_method: str) -> SavedCard: ...
+
+    async def detach_card(self, payment_method: str) -> SavedCard: ...
 
     def verify_webhook(
         self, raw_body: bytes, signature_header: str | None, *, now: datetime
@@ -223,6 +257,15 @@ class OffGateway:
         raise self._off()
 
     async def retrieve_refund(self, refund_id: str) -> RefundState:
+        raise self._off()
+
+    async def list_cards(self, customer: str) -> list[SavedCard]:
+        raise self._off()
+
+    async def retrieve_card(self, payment_method: str) -> SavedCard:
+        raise self._off()
+
+    async def detach_card(self, payment_method: str) -> SavedCard:
         raise self._off()
 
     def verify_webhook(
@@ -394,6 +437,29 @@ class StripeGateway:
     async def retrieve_refund(self, refund_id: str) -> RefundState:
         refund = await self._call(lambda: self._client.v1.refunds.retrieve_async(refund_id))
         return RefundState.from_object(refund.to_dict())
+
+    async def list_cards(self, customer: str) -> list[SavedCard]:
+        # A customer with more than 100 saved cards shows its newest 100 (Stripe's order).
+        found = await self._call(
+            lambda: self._client.v1.payment_methods.list_async(
+                {"customer": customer, "type": "card", "limit": 100}
+            )
+        )
+        return [SavedCard.from_object(pm.to_dict()) for pm in found.data]
+
+    async def retrieve_card(self, payment_method: str) -> SavedCard:
+        found = await self._call(
+            lambda: self._client.v1.payment_methods.retrieve_async(payment_method)
+        )
+        return SavedCard.from_object(found.to_dict())
+
+    async def detach_card(self, payment_method: str) -> SavedCard:
+        detached = await self._call(
+            lambda: self._client.v1.payment_methods.detach_async(
+                payment_method, {}, {"idempotency_key": f"deskbill-detach-{payment_method}"}
+            )
+        )
+        return SavedCard.from_object(detached.to_dict())
 
     def verify_webhook(
         self, raw_body: bytes, signature_header: str | None, *, now: datetime

@@ -13,6 +13,7 @@ current state, and a different input under the same key is a CONFLICT.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 import strawberry
 from sqlalchemy import select
@@ -30,15 +31,40 @@ from resolvers.permissions import (
 )
 from schema import payment_inputs as p
 from schema import types as t
-from services import payments, refunds
+from services import cards, payments, refunds
 from services.gateway import OffGateway, PaymentGateway, gateway_for
 
+# set_default_card and detach_card: (sessionmaker, gateway, org, account, card, now, actor)
+CardChange = Callable[..., Awaitable[object]]
 
-def _gateway(info: Info, org: Organization) -> PaymentGateway:
+
+def gateway_of(info: Info, org: Organization) -> PaymentGateway:
     """The gateway ``org`` may use (a sandbox refuses a live Stripe key, SANDBOX_LIVE_KEY).
     The lifespan sets it; a context without one (no lifespan) has card payments off."""
     gateway: PaymentGateway | None = context(info).services.get("gateway")
     return gateway_for(gateway if gateway is not None else OffGateway(), org)
+
+
+async def _card_change(
+    info: Info, account_id: strawberry.ID, payment_method: str, change: CardChange
+) -> t.Account:
+    """Load the organization, call the saved-card service (it talks to the gateway
+    outside any transaction, then changes the default in one), answer the account."""
+    who = require_writer(info)
+    pk = account_pk(who, account_id)
+    async with reading(info) as w:
+        org, now = w.org, w.now
+    try:
+        await change(
+            context(info).sessionmaker, gateway_of(info, org), org, pk, payment_method, now,
+            actor_user_id=who.user_id,
+        )  # fmt: skip
+    finally:
+        await _after_gateway_work(info, who.organization_id)
+    context(info).reset_loaders()
+    account = await context(info).loaders.account.load(pk)
+    assert account is not None
+    return account
 
 
 async def _after_gateway_work(info: Info, organization_id: int) -> None:
@@ -109,7 +135,7 @@ class PaymentMutations:
         org, now = w.org, w.now
         try:
             started = await payments.start_card_payment(
-                ctx.sessionmaker, _gateway(info, org), org, pk, now,
+                ctx.sessionmaker, gateway_of(info, org), org, pk, now,
                 actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -135,7 +161,7 @@ class PaymentMutations:
             org, now = w.org, w.now
         try:
             payment = await payments.charge_now(
-                ctx.sessionmaker, _gateway(info, org), org, pk, now,
+                ctx.sessionmaker, gateway_of(info, org), org, pk, now,
                 actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -156,13 +182,32 @@ class PaymentMutations:
             org = w.org
         # Without a key every call is a new SetupIntent, as a fresh card sheet expects.
         secret = await payments.start_card_setup(
-            context(info).sessionmaker, _gateway(info, org), org, pk,
+            context(info).sessionmaker, gateway_of(info, org), org, pk,
             request_key=idempotency_key or uuid.uuid4().hex,
         )  # fmt: skip
         context(info).reset_loaders()
         account = await context(info).loaders.account.load(pk)
         assert account is not None
         return p.CardSetupPayload(account=account, client_secret=secret)
+
+    @strawberry.mutation(
+        description="Make one of an account's saved cards the one auto-pay and pay links "
+        "charge (members: their own accounts). The card must be saved for the account."
+    )
+    async def set_default_payment_method(
+        self, info: Info, account_id: strawberry.ID, payment_method_id: strawberry.ID
+    ) -> t.Account:
+        return await _card_change(info, account_id, str(payment_method_id), cards.set_default_card)
+
+    @strawberry.mutation(
+        description="Remove a saved card from an account at Stripe (members: their own "
+        "accounts); when it was the default, the account has none until another is chosen "
+        "or saved."
+    )
+    async def detach_payment_method(
+        self, info: Info, account_id: strawberry.ID, payment_method_id: strawberry.ID
+    ) -> t.Account:
+        return await _card_change(info, account_id, str(payment_method_id), cards.detach_card)
 
     @strawberry.mutation(
         description="Refund part or all of a card payment: a credit note for the amount "
@@ -179,7 +224,7 @@ class PaymentMutations:
             org, now = w.org, w.now
         try:
             refund = await refunds.refund_payment(
-                ctx.sessionmaker, _gateway(info, org), org, payment_id, minor, now,
+                ctx.sessionmaker, gateway_of(info, org), org, payment_id, minor, now,
                 reason=input.reason, actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:
@@ -202,7 +247,7 @@ class PaymentMutations:
             org, now = w.org, w.now
         try:
             done = await refunds.refund_credit(
-                ctx.sessionmaker, _gateway(info, org), org, note_id, minor, now,
+                ctx.sessionmaker, gateway_of(info, org), org, note_id, minor, now,
                 reason=input.reason, actor_user_id=who.user_id, idempotency_key=idempotency_key,
             )  # fmt: skip
         finally:

@@ -76,6 +76,7 @@ CARDS: dict[str, tuple[str, str | None, str] | None] = {
     ),
 }
 _BRANDS = {"pm_card_visa": "visa", "pm_card_mastercard": "mastercard", "pm_card_amex": "amex"}
+_LAST4 = {"pm_card_visa": "4242", "pm_card_mastercard": "4444", "pm_card_amex": "8431"}
 
 
 @dataclass
@@ -299,6 +300,7 @@ class FakeStripe:
                         "setup_intents": self.setup_intents,
                         "payment_intents": self.payment_intents,
                         "refunds": self.refunds,
+                        "payment_methods": self.payment_methods,
                         "events": self.events,
                     }
                 )
@@ -458,8 +460,27 @@ class FakeStripe:
                 return self._create_setup_intent(params)
             case ("GET", ["setup_intents", sid]):
                 return self._get(self.setup_intents, "setup_intent", sid)
+            case ("GET", ["payment_methods"]):
+                customer = params.get("customer")
+                if customer and customer not in self.customers:
+                    raise _missing("customer", customer)
+                found = [
+                    m for m in self.payment_methods.values()
+                    if m["customer"] == customer and m["type"] == params.get("type", "card")
+                ]  # fmt: skip
+                return {"object": "list", "data": found, "has_more": False,
+                        "url": "/v1/payment_methods"}  # fmt: skip
             case ("GET", ["payment_methods", pm]):
                 return self._payment_method(pm)
+            case ("POST", ["payment_methods", pm, "detach"]):
+                method_obj = self._payment_method(pm)
+                if method_obj["customer"] is None:
+                    raise _ApiError(400, {
+                        "type": "invalid_request_error", "code": "payment_method_unattached",
+                        "message": "The payment method you provided is not attached to a customer.",
+                    })  # fmt: skip
+                method_obj["customer"] = None
+                return method_obj
             case ("POST", ["payment_methods", pm, "attach"]):
                 method_obj = self._payment_method(pm)
                 method_obj["customer"] = params.get("customer")
@@ -531,7 +552,12 @@ class FakeStripe:
                 "id": pm,
                 "object": "payment_method",
                 "type": "card",
-                "card": {"brand": _BRANDS.get(pm, "visa"), "last4": "4242"},
+                "card": {
+                    "brand": _BRANDS.get(pm, "visa"),
+                    "last4": _LAST4.get(pm, "4242"),
+                    "exp_month": 12,
+                    "exp_year": 2034,
+                },
                 "customer": None,
             }
         return self.payment_methods[pm]
