@@ -171,3 +171,21 @@ async def test_an_account_without_a_customer_has_no_cards(desk: Desk) -> None:
     assert (await desk.ok(CARDS, {"id": ada}, who="Ada"))["paymentMethods"] == []
     refused = await desk.refused(SET_DEFAULT, {"id": ada, "card": "pm_card_visa"}, who="Ada")
     assert refused["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_listing_cards_costs_the_same_statements_for_one_card_and_for_three(
+    desk: Desk,
+) -> None:
+    _, ada = await desk.member("Ada")
+    await desk.save_card(ada, "pm_card_visa", who="Ada")
+    counts = []
+    for more in ([], ["pm_card_mastercard", "pm_card_amex"]):
+        for card in more:
+            await _save_another(desk, ada, card, "Ada")
+        seen = desk.api.count_selects()
+        listed = (await desk.ok(CARDS, {"id": ada}, who="Ada"))["paymentMethods"]
+        desk.api.stop_counting()
+        counts.append(len(seen))
+        assert len(listed) == 1 + len(more)
+    # The viewer, the organization, the account: the cards themselves come from Stripe.
+    assert counts == [3, 3]
