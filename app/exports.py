@@ -265,8 +265,8 @@ EXPORTS: dict[str, tuple[type, Callable[[Viewer, Any], Select[Any]], list[str], 
     "payments": (
         f.PaymentFilter,
         lambda who, flt: query.payments_statement(who, flt)
-        .add_columns(select(Invoice.number).where(Invoice.id == Payment.invoice_id)
-                     .scalar_subquery())
+        .add_columns(Invoice.number)
+        .join(Invoice, Invoice.id == Payment.invoice_id)
         .order_by(Payment.id),
         ["payment_id", "invoice_number", "account_id", "status", "type", "method", "amount",
          "applied_amount", "refunded_amount", "received_on", "created_at", "succeeded_at",
@@ -367,9 +367,9 @@ def _invoice_text_columns(c: str) -> list[CopyColumn]:
 
 
 def _payment_text_columns(c: str) -> list[CopyColumn]:
-    number = select(Invoice.number).where(Invoice.id == Payment.invoice_id).scalar_subquery()
     return [
-        Payment.id, number, Payment.account_id, Payment.status, Payment.type, Payment.method,
+        Payment.id, Invoice.number, Payment.account_id, Payment.status, Payment.type,
+        Payment.method,
         _major_text(Payment.amount, c), _major_text(Payment.applied_amount, c),
         _major_text(Payment.refunded_amount, c), Payment.received_on,
         _instant_text(Payment.created_at), _instant_text(Payment.succeeded_at),
