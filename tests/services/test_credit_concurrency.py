@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.database import create_engine, create_sessionmaker
 from models import CreditAllocation, CreditNoteStatus, Invoice, Organization
 from services import credit
 from services.clock import FixedClock
@@ -43,8 +44,17 @@ async def test_fifty_simultaneous_allocations_never_overspend_a_credit_note(
     rng = random.Random(20260815)
     attempts = [(rng.choice(invoice_ids), rng.randint(500, 1_000)) for _ in range(50)]
 
+    # Fifty sessions at once need fifty connections: the app's pool (20 + 10, a 2 s
+    # wait) would time some out under a loaded machine, which tests the pool, not the
+    # locks. The racers get an engine of their own, large enough for all of them.
+    racers = create_engine(
+        engine.url.render_as_string(hide_password=False),
+        pool_size=len(attempts), max_overflow=0, pool_timeout=60,
+    )  # fmt: skip
+    racing = create_sessionmaker(racers)
+
     async def attempt(invoice_id: int, amount: int) -> int:
-        async with db() as session, session.begin():
+        async with racing() as session, session.begin():
             org = await session.get(Organization, org_id)
             assert org is not None
             try:
@@ -53,7 +63,10 @@ async def test_fifty_simultaneous_allocations_never_overspend_a_credit_note(
                 return 0
             return amount
 
-    won = await asyncio.gather(*(attempt(i, a) for i, a in attempts))
+    try:
+        won = await asyncio.gather(*(attempt(i, a) for i, a in attempts))
+    finally:
+        await racers.dispose()
 
     async with db() as s:
         fresh = await s.get(Invoice, note_id)
