@@ -203,7 +203,9 @@ async def test_one_broadcast_subscription_fans_out_to_many(db: Sessions) -> None
 async def test_concurrent_first_subscribers_share_one_channel(db: Sessions) -> None:
     """broadcaster loses one of two queues racing to subscribe first; the hub must not."""
     org = await make_org(db)
-    async with running("memory://", db) as hub:
+    # Bounded as a whole: once, under a loaded CI run, this test waited forever, and a
+    # TimeoutError's traceback names the step that never finished.
+    async with asyncio.timeout(60), running("memory://", db) as hub:
         streams = [hub.subscribe(org, after=0) for _ in range(20)]
         firsts = [asyncio.ensure_future(anext(s)) for s in streams]
         await eventually(lambda: hub.listening_to(org))
