@@ -1,5 +1,6 @@
-"""The billing clock as a loop: every few seconds, one billing run for "now"; and
-beside it the notification loop, which turns the event log into e-mails.
+"""The billing clock as a loop: every few seconds, one billing run for "now" and a
+compaction of the analytics rollups; and beside it the notification loop, which turns
+the event log into e-mails.
 
 It runs inside the server (``DESKBILL_WORKER=true``) or alone (``deskbill worker``,
 started by ``app.lifecycle``);
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services import batch_billing, billing
+from services import analytics, batch_billing, billing
 from services.clock import Clock
 from services.events import log_head, newest_events
 from services.mailer import Mailer
@@ -55,6 +56,10 @@ async def billing_loop(
             for org, newest in (await newest_events(sessionmaker, head)).items():
                 await announce(org, newest)
                 head = max(head, newest)
+            # The pass's writes (and the app's since the last pass) leave fresh delta
+            # rows in the rollups; fold them so figures keep reading one row per day.
+            async with sessionmaker.begin() as session:
+                await analytics.compact(session)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -31,6 +31,7 @@ from models.enums import (
     WebhookEndpointStatus,
 )
 from models.event import Event
+from models.figures import ROLLUPS
 from models.idempotency import IdempotencyRecord, ProcessedWebhook
 from models.identity import ApiKey, InstanceSecret
 from models.invoice import CreditAllocation, Invoice, LineItem
@@ -41,6 +42,7 @@ from models.plan import PlanSubscription, PlanTemplate
 from models.webhook import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
+    "ROLLUPS",
     "Account",
     "AccountKind",
     "AdditionalChargesPolicy",

@@ -26,6 +26,12 @@ What each figure counts (void documents count nowhere):
 - recurring revenue: plans whose service covers ``as_of`` (start ≤ as_of ≤ end),
   one-time plans excluded; a quarter is a third of a year's four, so the exact yearly
   figure (ARR) is kept and MRR is ARR ÷ 12 rounded half-up.
+
+Where the figure is for the whole organization on PostgreSQL, revenue, collections,
+the payments summary and receivables read the per-day rollups that triggers keep as
+rows change (``models.figures``): a few hundred rows for a year, however large the
+ledger. A figure for some accounts or an account kind reads the ledger through the
+accounts' indexes, as SQLite always does; both give the same figures.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     true,
     type_coerce,
     union_all,
@@ -72,6 +79,17 @@ from models import (
     PlanTemplate,
     Refund,
     RefundStatus,
+)
+from models.figures import (
+    DAY_ZERO_DATE as DAY_ZERO,
+)
+from models.figures import (
+    collection_days,
+    compact_statements,
+    open_accounts,
+    open_dues,
+    payment_days,
+    revenue_days,
 )
 from services.clock import start_of_day
 from services.errors import ValidationError
@@ -124,6 +142,12 @@ class Scope:
     timezone: str
     account_ids: tuple[int, ...] | None = None
     account_kind: str | None = None
+    # Read the ledger even where the rollups could answer (the tests compare the two).
+    from_ledger: bool = False
+
+    @property
+    def whole_organization(self) -> bool:
+        return self.account_ids is None and self.account_kind is None
 
     def accounts(self, column: Any) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = []
@@ -328,6 +352,20 @@ def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
+def _rollups(session: AsyncSession, scope: Scope) -> bool:
+    """Whether this figure can be read from the rollups (``models.figures``)."""
+    return scope.whole_organization and not scope.from_ledger and _dialect(session) == "postgresql"
+
+
+async def compact(session: AsyncSession) -> None:
+    """Fold the rollups' fresh rows into one row per key (PostgreSQL; the worker runs
+    it every pass, in a transaction of its own). Figures are the same before and after."""
+    if _dialect(session) != "postgresql":
+        return
+    for statement in compact_statements():
+        await session.execute(text(statement))
+
+
 def _sum(column: Any) -> ColumnElement[int]:
     # PostgreSQL sums BIGINT into NUMERIC; back to BIGINT so Python gets an int.
     return cast(func.coalesce(func.sum(column), 0), BigInteger)
@@ -386,6 +424,22 @@ async def revenue(
     money received and refunded, and credit applied (see the module docstring)."""
     cal = Calendar(_dialect(session), scope.timezone, span, grouping)
     org = scope.organization_id
+    if _rollups(session, scope):
+        days = (
+            select(
+                cal.period_of_date(revenue_days.c.day).label("period"),
+                *[revenue_days.c[name] for name in REVENUE_MEASURES],
+            )
+            .where(revenue_days.c.organization_id == org, cal.date_in_span(revenue_days.c.day))
+            .subquery("revenue_rollup")
+        )
+        return await _revenue_periods(
+            session,
+            cal,
+            select(days.c.period, *[_sum(days.c[name]) for name in REVENUE_MEASURES]).group_by(
+                days.c.period
+            ),
+        )
 
     def row(period: Any, **measures: Any) -> Any:
         columns = [measures.get(name, _zero()).label(name) for name in REVENUE_MEASURES]
@@ -467,6 +521,11 @@ async def revenue(
     stmt = select(rows.c.period, *[_sum(rows.c[name]) for name in REVENUE_MEASURES]).group_by(
         rows.c.period
     )
+    return await _revenue_periods(session, cal, stmt)
+
+
+async def _revenue_periods(session: AsyncSession, cal: Calendar, stmt: Any) -> list[RevenuePeriod]:
+    """Every period of the calendar, from rows of (period key, measures...)."""
     found: list[tuple[int, ...]] = [(0,) * len(REVENUE_MEASURES) for _ in cal.periods]
     for r in (await session.execute(stmt)).all():
         found[cal.index(r[0])] = tuple(int(v) for v in r[1:])
@@ -504,6 +563,18 @@ async def invoice_collections(
 ) -> list[CollectionsPeriod]:
     """Per period of issue date, finalized invoices (credit notes apart) by status."""
     cal = Calendar(_dialect(session), scope.timezone, span, grouping)
+    if _rollups(session, scope):
+        t = collection_days
+        rows = (
+            select(
+                cal.period_of_date(t.c.day).label("period"),
+                t.c.status,
+                *[t.c[name] for name in COLLECTION_MEASURES],
+            )
+            .where(t.c.organization_id == scope.organization_id, cal.date_in_span(t.c.day))
+            .subquery("collection_rows")
+        )
+        return await _collection_periods(session, cal, rows)
     balance = case(
         (and_(Invoice.status.in_(OPEN_STATUSES), Invoice.total > 0), _BALANCE), else_=_zero()
     )
@@ -536,14 +607,18 @@ async def invoice_collections(
         by_day.c.credit_applied,
         by_day.c.balance_due,
     ).subquery("collection_rows")
+    return await _collection_periods(session, cal, rows)
+
+
+COLLECTION_MEASURES = ("count", "total", "amount_paid", "credit_applied", "balance_due")
+
+
+async def _collection_periods(
+    session: AsyncSession, cal: Calendar, rows: Any
+) -> list[CollectionsPeriod]:
+    """Every period and finalized status, from rows of (period key, status, measures)."""
     stmt = select(
-        rows.c.period,
-        rows.c.status,
-        _sum(rows.c.count),
-        _sum(rows.c.total),
-        _sum(rows.c.amount_paid),
-        _sum(rows.c.credit_applied),
-        _sum(rows.c.balance_due),
+        rows.c.period, rows.c.status, *[_sum(rows.c[name]) for name in COLLECTION_MEASURES]
     ).group_by(rows.c.period, rows.c.status)
     found: dict[tuple[int, str], tuple[int, ...]] = {}
     for r in (await session.execute(stmt)).all():
@@ -609,7 +684,7 @@ def _open_invoice() -> list[ColumnElement[bool]]:
     ]
 
 
-def _aging_rows(scope: Scope, as_of: date) -> Any:
+def _aging_rows(scope: Scope, as_of: date, among: Any = None) -> Any:
     bucket = case(
         *[
             (Invoice.due_date >= as_of - timedelta(days=limit), index)
@@ -628,6 +703,7 @@ def _aging_rows(scope: Scope, as_of: date) -> Any:
             *_open_invoice(),
             _BALANCE > 0,
             *scope.accounts(Invoice.account_id),
+            *([] if among is None else [Invoice.account_id.in_(among)]),
         )
         .subquery("aging_rows")
     )
@@ -635,6 +711,8 @@ def _aging_rows(scope: Scope, as_of: date) -> Any:
 
 async def receivables_aging(session: AsyncSession, scope: Scope, as_of: date) -> Aging:
     """Open balances and invoice counts by days past due at ``as_of``, overall."""
+    if _rollups(session, scope):
+        return await _aging_from_rollups(session, scope, as_of)
     rows = _aging_rows(scope, as_of)
     # One pass: each bucket's balance and count, and how many accounts owe anything.
     measures = []
@@ -655,6 +733,56 @@ async def receivables_aging(session: AsyncSession, scope: Scope, as_of: date) ->
         balance=sum(b.balance for b in buckets),
         count=sum(b.count for b in buckets),
         account_count=accounts,
+        buckets=buckets,
+    )
+
+
+def _owing_accounts(scope: Scope) -> Any:
+    """The accounts with an open balance, from the rollup: (account_id, balance)."""
+    t = open_accounts
+    balance = func.sum(t.c.balance)
+    return (
+        select(t.c.account_id, balance.label("balance"))
+        .where(t.c.organization_id == scope.organization_id)
+        .group_by(t.c.account_id)
+        .having(func.sum(t.c.count) > 0)
+    )
+
+
+async def _aging_from_rollups(session: AsyncSession, scope: Scope, as_of: date) -> Aging:
+    t = open_dues
+    bucket = case(
+        *[
+            (t.c.due_date >= as_of - timedelta(days=limit), index)
+            for index, limit in enumerate(_AGING_LIMITS)
+        ],
+        else_=len(_AGING_LIMITS),
+    )
+    rows = (
+        select(bucket.label("bucket"), t.c.balance, t.c.count)
+        .where(t.c.organization_id == scope.organization_id)
+        .subquery("aging_rollup")
+    )
+    measures = []
+    for index in range(len(AGING_BUCKETS)):
+        hit = rows.c.bucket == index
+        measures += [
+            _sum(case((hit, rows.c.balance), else_=_zero())),
+            _sum(case((hit, rows.c.count), else_=_zero())),
+        ]
+    accounts = select(func.count()).select_from(_owing_accounts(scope).subquery())
+    found = [
+        int(v) for v in (await session.execute(select(*measures, accounts.scalar_subquery()))).one()
+    ]
+    account_count = found.pop()
+    buckets = [
+        BucketFigures(b, found[2 * i], found[2 * i + 1]) for i, b in enumerate(AGING_BUCKETS)
+    ]
+    return Aging(
+        as_of=as_of,
+        balance=sum(b.balance for b in buckets),
+        count=sum(b.count for b in buckets),
+        account_count=account_count,
         buckets=buckets,
     )
 
@@ -685,6 +813,17 @@ async def receivables_by_account(
     the last row of the previous page; ``first=None`` returns every account."""
     limit = _page_size(first)
     rows = _aging_rows(scope, as_of)
+    if limit is not None and _rollups(session, scope):
+        # The page's accounts come from the rollup (largest first, after the cursor);
+        # their buckets from their own open invoices, in the same statement.
+        owing = _owing_accounts(scope).subquery("owing")
+        page_ids = (
+            select(owing.c.account_id)
+            .where(_after_largest(owing.c.balance, owing.c.account_id, after))
+            .order_by(owing.c.balance.desc(), owing.c.account_id)
+            .limit(limit + 1)
+        )
+        rows = _aging_rows(scope, as_of, page_ids)
     per_bucket = []
     for index in range(len(AGING_BUCKETS)):
         hit = rows.c.bucket == index
@@ -908,6 +1047,8 @@ async def payments_summary(session: AsyncSession, scope: Scope, span: Span) -> l
     """Payments dated in ``span`` by method and status: counts, amounts, refunds, and
     the average days from the invoice's due date to a succeeded payment."""
     cal = Calendar(_dialect(session), scope.timezone, span)
+    if _rollups(session, scope):
+        return await _payments_from_rollups(session, scope, span)
     days = case(
         (Payment.status == PaymentStatus.SUCCEEDED, _payment_days_after(cal, Invoice.due_date)),
         else_=None,
@@ -940,6 +1081,35 @@ async def payments_summary(session: AsyncSession, scope: Scope, span: Span) -> l
         )
         .group_by(rows.c.method, rows.c.status)
         .order_by(rows.c.method, rows.c.status)
+    )
+    return [
+        PaymentGroup(r[0], r[1], *(int(v) for v in r[2:]))
+        for r in (await session.execute(stmt)).all()
+    ]
+
+
+async def _payments_from_rollups(
+    session: AsyncSession, scope: Scope, span: Span
+) -> list[PaymentGroup]:
+    t = payment_days
+    # Σ (payment date − due date) = Σ days_count × (day − DAY_ZERO) − Σ due_days.
+    since_zero = type_coerce(t.c.day - literal(DAY_ZERO, Date()), Integer())
+    stmt = (
+        select(
+            t.c.method,
+            t.c.status,
+            _sum(t.c.count),
+            _sum(t.c.amount),
+            _sum(t.c.refunded),
+            cast(
+                func.coalesce(func.sum(t.c.days_count * since_zero - t.c.due_days), 0), BigInteger
+            ),
+            _sum(t.c.days_count),
+        )
+        .where(t.c.organization_id == scope.organization_id, t.c.day.between(span.first, span.last))
+        .group_by(t.c.method, t.c.status)
+        .having(func.sum(t.c.count) > 0)
+        .order_by(t.c.method, t.c.status)
     )
     return [
         PaymentGroup(r[0], r[1], *(int(v) for v in r[2:]))

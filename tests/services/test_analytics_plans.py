@@ -1,5 +1,7 @@
 """Receivables aging and outstanding credit read PostgreSQL's partial indexes of open
-invoices and of credit notes (migration 0005), not the whole invoice table.
+invoices and of credit notes (migration 0005), not the whole invoice table; figures for
+the whole organization read the per-day rollups (migration 0010) and no ledger table
+but the page's own open invoices.
 
 The statements are the ones the engine sends (recorded as it runs them), over 20,000
 invoices and 2,000 credit notes so the planner's choice is the one it makes on a real
@@ -82,19 +84,49 @@ async def _plans(engine: AsyncEngine, work: Any) -> list[str]:
 
 
 SCOPE = analytics.Scope(1, "UTC")
+# The ledger path: what a figure for some accounts or a kind reads.
+LEDGER = analytics.Scope(1, "UTC", from_ledger=True)
 
 
 async def test_receivables_aging_reads_the_open_invoice_index(filled: AsyncEngine) -> None:
     async def work(session: Any) -> None:
-        aging = await analytics.receivables_aging(session, SCOPE, date(2025, 6, 1))
+        aging = await analytics.receivables_aging(session, LEDGER, date(2025, 6, 1))
         assert aging.count == 10_000  # DUE, OVERDUE and UPCOMING: half of the invoices
-        await analytics.receivables_by_account(session, SCOPE, date(2025, 6, 1), first=20)
+        await analytics.receivables_by_account(session, LEDGER, date(2025, 6, 1), first=20)
 
     plans = await _plans(filled, work)
     assert len(plans) == 2
     for plan in plans:
         assert "ix_invoices_open_by_account" in plan, plan
         assert "Seq Scan on invoices" not in plan, plan
+
+
+async def test_whole_organization_figures_read_the_rollups(filled: AsyncEngine) -> None:
+    span = analytics.Span.of(date(2025, 1, 1), date(2025, 12, 31))
+
+    async def work(session: Any) -> None:
+        await analytics.compact(session)
+        await session.commit()
+        aging = await analytics.receivables_aging(session, SCOPE, date(2025, 6, 1))
+        assert aging.count == 10_000
+        page = await analytics.receivables_by_account(session, SCOPE, date(2025, 6, 1), first=20)
+        assert len(page.rows) == 20 and page.has_next
+        await analytics.revenue(session, SCOPE, span, analytics.Grouping.MONTH)
+        await analytics.invoice_collections(session, SCOPE, span)
+        await analytics.payments_summary(session, SCOPE, span)
+
+    plans = (await _plans(filled, work))[len(analytics.compact_statements()) :]
+    assert len(plans) == 5
+    aging, page, *per_day = plans
+    assert "open_dues" in aging and "open_accounts" in aging and "invoices" not in aging, aging
+    # The page's 21 accounts only, through the open-invoice index.
+    assert "open_accounts" in page and "ix_invoices_open_by_account" in page, page
+    assert "Seq Scan on invoices" not in page, page
+    for plan, rollup in zip(
+        per_day, ["revenue_days", "collection_days", "payment_days"], strict=True
+    ):
+        assert rollup in plan, plan
+        assert "invoices" not in plan and "payments" not in plan, plan
 
 
 async def test_outstanding_credit_reads_the_credit_note_index(filled: AsyncEngine) -> None:
