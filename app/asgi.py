@@ -44,6 +44,7 @@ from app.settings import Settings
 from app.state import AppState, build_state
 from resolvers.compiled import EncodedData
 from resolvers.context import RequestContext
+from resolvers.viewer import Viewer
 from services.clock import Clock
 
 log = logging.getLogger("deskbill")
@@ -117,17 +118,43 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
         assert context.token is not None
         async with _read_connection(self.state.read_engine) as connection:
             context.connection = connection
-            try:
-                await self._authenticate(context, context.token, connection)
-            except TokenError as refused:
-                context.auth_error = str(refused)
-                await context.release_connection()
+            kept = self._kept_viewer_for(context, kwargs)
+            if kept is not None:
+                # Confirmed by the known read's own statement (app/known_reads.py).
+                context.viewer, context.viewer_unconfirmed = kept, True
+            else:
+                await self._read_viewer(context)
             if not self.state.settings.compiled_reads:
                 await context.release_connection()
             try:
                 return await super().execute_operation(*args, **kwargs)
             finally:
                 context.connection = None
+
+    def _kept_viewer_for(self, context: RequestContext, kwargs: dict[str, Any]) -> Viewer | None:
+        """A viewer kept from an earlier request with this token, when this request is a
+        known read (the only kind that confirms it in its own statement)."""
+        data = kwargs.get("request_data")
+        if not isinstance(data, GraphQLRequestData) or kwargs["request_adapter"].method != "POST":
+            return None
+        if context.token is None or not self.known_reads.knows(data.query, data.operation_name):
+            return None
+        return self.known_reads.kept_viewer(context.token, context)
+
+    async def _read_viewer(self, context: RequestContext) -> None:
+        """Authenticate the request's token on its connection (the one statement of
+        ``app.auth``); a person's viewer is kept for the next known read."""
+        assert context.token is not None
+        context.viewer, context.viewer_unconfirmed = None, False
+        try:
+            await self._authenticate(context, context.token, context.connection)
+        except TokenError as refused:
+            context.auth_error = str(refused)
+            self.known_reads.forget_viewer(context.token)
+            await context.release_connection()
+            return
+        if context.viewer is not None:
+            self.known_reads.keep_viewer(context.token, context.viewer)
 
     async def execute_single(  # type: ignore[override]
         self, *args: Any, **kwargs: Any
@@ -142,6 +169,9 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
             known = await self.known_reads.answer(context, query, name, variables)
             if known is not None:
                 return known
+        if context.viewer_unconfirmed:
+            # A kept viewer that did not answer: read it for real before anything else.
+            await self._read_viewer(context)
         result = await super().execute_single(*args, **kwargs)
         document = context.compiled_document
         if document is not None and query is not None and isinstance(result.data, EncodedData):

@@ -111,6 +111,17 @@ def _claimed_issuer(token: str) -> object:
         ) from None
 
 
+def is_own_token(settings: Settings, token: str) -> bool:
+    """Whether ``token`` is meant as one of Deskbill's own (not an API key, nor the
+    identity provider's); it is verified only by ``decode_token``."""
+    if apikeys.split_key(token) is not None:
+        return False
+    try:
+        return bool(_claimed_issuer(token) == settings.token_issuer)
+    except TokenError:
+        return False
+
+
 def bearer_token(authorization: str | None) -> str | None:
     if not authorization:
         return None

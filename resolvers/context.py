@@ -54,6 +54,10 @@ class RequestContext:
     # What the known-read path already admitted and charged (app.guards.Admission),
     # so that falling back to the ordinary path does not charge the buckets twice.
     admission: object | None = None
+    # ``viewer`` was kept from an earlier request with the same token and is not yet
+    # read again: only a known read may use it, and its statement confirms it
+    # (``resolvers.viewer.still_holds``); anything else authenticates first.
+    viewer_unconfirmed: bool = False
     _loaders: Loaders | None = None
 
     def now(self, org: Organization | None = None) -> datetime:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
-from models import Role
+from sqlalchemy import ColumnElement, Table, and_, bindparam, exists, func, select, union_all
+
+from models import Account, Organization, Role, TeamMembership, User
+from models.base import UtcDateTime
 
 
 @dataclass(frozen=True)
@@ -33,3 +37,56 @@ class Viewer:
 
     def can_see_account(self, account_id: int) -> bool:
         return self.account_ids is None or account_id in self.account_ids
+
+
+# --------------------------------------------------------------------------- still so?
+
+
+@lru_cache(maxsize=2)
+def still_holds(member: bool) -> ColumnElement[bool]:
+    """True while a person's ``Viewer`` read earlier is still exactly who they are: the
+    user active with the same role in the same organization, the organization's
+    currency, zone and test clock unchanged and, for a member, the same visible
+    accounts (their own and their teams'). The same rows ``app.auth`` reads to make a
+    viewer; asked in the statement that answers a known read, so the answer and the
+    check see one snapshot. Values bind as ``holds_params``; built once per kind."""
+    users: Table = User.__table__  # type: ignore[assignment]
+    orgs: Table = Organization.__table__  # type: ignore[assignment]
+    person = exists().where(
+        users.c.id == bindparam("v_user"),
+        users.c.organization_id == bindparam("v_org"),
+        users.c.active.is_(True),
+        users.c.role == bindparam("v_role"),
+        orgs.c.id == users.c.organization_id,
+        orgs.c.currency == bindparam("v_currency"),
+        orgs.c.timezone == bindparam("v_timezone"),
+        orgs.c.test_clock_at.is_not_distinct_from(bindparam("v_clock", type_=UtcDateTime())),
+    )
+    if not member:
+        return person
+    visible = union_all(
+        select(Account.user_id.label("user_id"), Account.id.label("account_id")),
+        select(TeamMembership.user_id, TeamMembership.team_account_id),
+    ).subquery("visible")
+    mine = visible.c.user_id == bindparam("v_user")
+    count = select(func.count(func.distinct(visible.c.account_id))).where(mine)
+    outside = exists().where(
+        mine, visible.c.account_id.not_in(bindparam("v_accounts", expanding=True))
+    )
+    return and_(person, count.scalar_subquery() == bindparam("v_count"), ~outside)
+
+
+def holds_params(who: Viewer) -> dict[str, object]:
+    """The values ``still_holds`` compares with (a person's viewer)."""
+    params: dict[str, object] = {
+        "v_user": who.user_id,
+        "v_org": who.organization_id,
+        "v_role": who.role.value,
+        "v_currency": who.currency,
+        "v_timezone": who.timezone,
+        "v_clock": who.test_clock_at,
+    }
+    if who.account_ids is not None:
+        params["v_accounts"] = sorted(who.account_ids)
+        params["v_count"] = len(who.account_ids)
+    return params

@@ -231,14 +231,20 @@ def prepare(
     return Prepared(plan, _arguments(schema, plan, variables))
 
 
-async def run(prepared: Prepared, conn: AsyncConnection, who: Viewer) -> bytes:
-    """The encoded response body of a prepared operation, from one statement."""
+async def run(
+    prepared: Prepared, conn: AsyncConnection, who: Viewer, confirm: bool = False
+) -> bytes | None:
+    """The encoded response body of a prepared operation, from one statement. With
+    ``confirm``, the same statement checks that ``who`` still holds (a viewer kept from
+    an earlier request) and there is no body (None) when it does not."""
     plan = prepared.plan
     dialect = conn.dialect.name
     if dialect == "sqlite":
         await _install_sqlite_functions(conn)
     sql = plan.sql_for(dialect, who.currency)
-    body = await plan.answer.run(plan.root, conn, who, prepared.args, sql)  # type: ignore[arg-type]
+    body = await plan.answer.run(plan.root, conn, who, prepared.args, sql, confirm)  # type: ignore[arg-type]
+    if body is None:
+        return None
     return ('{"data":{"' + plan.key + '":' + body + "}}").encode()
 
 

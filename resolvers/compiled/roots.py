@@ -5,6 +5,11 @@ and the viewer's tenant and account scope, and the selection built as JSON on to
 A list's ``totalCount`` is a subselect of the same statement, outer-joined so an
 empty page still carries it; cursors are the only Python work per row, and only when
 asked for (``encode_cursor``, the very function the Strawberry path uses).
+
+With ``confirm``, the statement also asks whether the viewer still holds
+(``resolvers.viewer.still_holds``): a one-row subquery every other part is joined to,
+so the check and the answer are one snapshot; a viewer that no longer holds gets no
+answer (None), and a single row is not even read for it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, String, Table, bindparam, func, literal_column, select, true
+from sqlalchemy import (
+    Select,
+    String,
+    Table,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models import DocumentType, Invoice, Payment
@@ -28,7 +43,7 @@ from resolvers.query import (
     invoices_statement,
     payments_statement,
 )
-from resolvers.viewer import Viewer
+from resolvers.viewer import Viewer, holds_params, still_holds
 from schema import filters as f
 from schema.enums import SortDirection
 
@@ -112,28 +127,52 @@ ConnectionPart = tuple[str, Any]
 @dataclass
 class SingleAnswer:
     node: Node
-    statements: dict[tuple[str, bool], Select[Any]] = field(default_factory=dict)
+    statements: dict[tuple[str, bool, bool], Select[Any]] = field(default_factory=dict)
 
     async def run(
-        self, root: SingleRoot, conn: AsyncConnection, who: Viewer, args: Args, sql: list[str]
-    ) -> str:
-        # Built once per plan, dialect, currency and scope kind, with the id, the
-        # organization and a member's accounts as parameters.
+        self,
+        root: SingleRoot,
+        conn: AsyncConnection,
+        who: Viewer,
+        args: Args,
+        sql: list[str],
+        confirm: bool = False,
+    ) -> str | None:
+        # Built once per plan, dialect, currency, scope kind and check, with the id,
+        # the organization and a member's accounts as parameters.
         member = who.account_ids is not None
-        stmt = self.statements.get((sql[0], member))
+        key = (sql[0], member, confirm)
+        stmt: Select[Any] | None = self.statements.get(key)
         if stmt is None:
-            stmt = self.statements[(sql[0], member)] = root.statement(sql[0], member)
+            stmt = root.statement(sql[0], member)
+            if confirm:
+                viewer = _viewer_row(who)
+                guarded: Select[Any] = select(
+                    viewer.c.holds, case((viewer.c.holds, stmt.scalar_subquery()))
+                )
+                stmt = guarded.select_from(viewer)
+            self.statements[key] = stmt
         params: dict[str, Any] = {
             "pk": pk_of(args["id"], *root.id_types),
             "org": who.organization_id,
         }
         if who.account_ids is not None:
             params["accounts"] = sorted(who.account_ids)
-        value = (await conn.execute(stmt, params)).scalar()
+        if confirm:
+            holds, value = (await conn.execute(stmt, {**params, **holds_params(who)})).one()
+            if not holds:
+                return None
+        else:
+            value = (await conn.execute(stmt, params)).scalar()
         return "null" if value is None else str(value)
 
     def nodes(self) -> list[Node]:
         return [self.node]
+
+
+def _viewer_row(who: Viewer) -> Any:
+    """One row, one column: whether ``who`` still holds."""
+    return select(still_holds(who.account_ids is not None).label("holds")).subquery("viewer")
 
 
 @dataclass
@@ -147,8 +186,14 @@ class ListAnswer:
         return self.node_shapes
 
     async def run(
-        self, root: ListRoot, conn: AsyncConnection, who: Viewer, args: Args, sql: list[str]
-    ) -> str:
+        self,
+        root: ListRoot,
+        conn: AsyncConnection,
+        who: Viewer,
+        args: Args,
+        sql: list[str],
+        confirm: bool = False,
+    ) -> str | None:
         base, ordering = root.page(who, args)
         limit = page_size(args.get("first"))
         after = args.get("after")
@@ -161,19 +206,32 @@ class ListAnswer:
         keys = list(page.c)[-width:]
         rows_from = page.join(root.table, root.table.c.id == page.c.pk)
         nodes = [literal_column(text, String).label(f"n{i}") for i, text in enumerate(sql)]
+        viewer = _viewer_row(who) if confirm else None
         if self.wants_total:
             counted = select(func.count().label("total")).select_from(
                 base.order_by(None).subquery()
             )
             count = counted.subquery("c")
+            first: Any = count if viewer is None else viewer.join(count, true())
             stmt = select(count.c.total, *nodes, page.c.pk, *keys).select_from(
-                count.outerjoin(rows_from, true())
+                first.outerjoin(rows_from, true())
             )
         else:
             stmt = select(literal_column("0").label("total"), *nodes, page.c.pk, *keys)
-            stmt = stmt.select_from(rows_from)
+            stmt = stmt.select_from(
+                rows_from if viewer is None else viewer.outerjoin(rows_from, true())
+            )
+        params: dict[str, Any] = {}
+        if viewer is not None:
+            # Last, so every other column keeps its place; read and dropped below.
+            stmt = stmt.add_columns(viewer.c.holds)
+            params = holds_params(who)
         direction = [k.desc() if ordering.descending else k.asc() for k in keys]
-        rows = (await conn.execute(stmt.order_by(*direction))).all()
+        rows: list[Any] = list((await conn.execute(stmt.order_by(*direction), params)).all())
+        if confirm:
+            if not rows or not rows[0][-1]:
+                return None
+            rows = [r[:-1] for r in rows]
         total = int(rows[0][0]) if rows else 0
         pk_at = 1 + len(nodes)
         # The page's id is NULL only on the outer join's row of an empty page.
