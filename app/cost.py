@@ -22,7 +22,11 @@ expensive of its possible object types is counted.
 
 ``query_cost`` is a pure function over graphql-core's schema and document: any path
 that answers GraphQL (strawberry's execution or a compiled read path) calls it, or
-``check_cost``, with the same arguments and gets the same answer.
+``check_cost``, with the same arguments and gets the same answer. Its answer is kept
+per parsed document (the same object for a document the view has seen) together with
+the variables the walk read and their values: a later call whose variables agree on
+exactly those gets the kept answer, since the walk would take the same path. A
+document whose variables steer nothing (``invoice(id: $id)``) is walked once.
 """
 
 from __future__ import annotations
@@ -74,10 +78,14 @@ class _Walk:
     fragments: Mapping[str, FragmentDefinitionNode]
     memo: dict[tuple[int, str, int | None], int] = field(default_factory=dict)
     open_fragments: set[str] = field(default_factory=set)
+    # Each variable the walk looked at: (name, given?, type, value given).
+    reads: dict[str, _Read] = field(default_factory=dict)
 
     def value(self, node: ValueNode) -> object:
         if isinstance(node, VariableNode):
             name = node.name.value
+            given = self.variables.get(name)
+            self.reads[name] = (name, name in self.variables, type(given), given)
             if name in self.variables:
                 return self.variables[name]
             default = self.defaults.get(name)
@@ -181,6 +189,26 @@ class _Walk:
         return count * (1 + inner)
 
 
+_Read = tuple[str, bool, type, object]
+_Reads = tuple[_Read, ...]
+
+
+def _agrees(variables: Mapping[str, object], read: _Read) -> bool:
+    name, given, kind, value = read
+    if name not in variables:
+        return not given
+    now = variables[name]
+    # Compared with the type as well: True == 1, but they cost differently.
+    return given and type(now) is kind and now == value
+
+
+# (schema, document, operation name) -> the two objects (held, so their ids stay
+# theirs) and up to _VARIANTS answers, each with the variable reads it depended on.
+_KEPT_DOCUMENTS = 512
+_VARIANTS = 16
+_kept: dict[tuple[int, int, str | None], tuple[object, object, list[tuple[_Reads, int]]]] = {}
+
+
 def _graphql_schema(schema: GraphQLSchema | StrawberrySchema) -> GraphQLSchema:
     return schema if isinstance(schema, GraphQLSchema) else schema._schema
 
@@ -208,15 +236,38 @@ def query_cost(
     gql_schema = _graphql_schema(schema)
     if isinstance(document, str):
         document = parse(document)
+    given = variables or {}
+    key = (id(gql_schema), id(document), operation_name)
+    held = _kept.get(key)
+    if held is not None:
+        for reads, cost in held[2]:
+            if all(_agrees(given, read) for read in reads):
+                return cost
+    cost, reads = _walked_cost(gql_schema, document, given, operation_name)
+    if held is None:
+        if len(_kept) >= _KEPT_DOCUMENTS:
+            _kept.clear()
+        held = _kept[key] = (gql_schema, document, [])
+    if len(held[2]) < _VARIANTS:
+        held[2].append((reads, cost))
+    return cost
+
+
+def _walked_cost(
+    gql_schema: GraphQLSchema,
+    document: DocumentNode,
+    variables: Mapping[str, object],
+    operation_name: str | None,
+) -> tuple[int, _Reads]:
     operation = _operation(document, operation_name)
     if operation is None:
-        return 0
+        return 0, ()
     root = gql_schema.get_root_type(operation.operation)
     if root is None:
-        return 0
+        return 0, ()
     walk = _Walk(
         schema=gql_schema,
-        variables=variables or {},
+        variables=variables,
         defaults={
             d.variable.name.value: d.default_value
             for d in operation.variable_definitions or ()
@@ -226,7 +277,8 @@ def query_cost(
             d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
         },
     )
-    return walk.selection(operation.selection_set, root, None)
+    cost = walk.selection(operation.selection_set, root, None)
+    return cost, tuple(walk.reads.values())
 
 
 def cost_limit(settings: Settings, role: Role | str | None) -> int:

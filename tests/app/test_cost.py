@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from graphql import parse, print_ast
 
 from app.cost import ASSUMED_LIST_SIZE, QueryTooComplexError, check_cost, cost_limit, query_cost
 from app.graphql import build_schema
@@ -122,3 +123,29 @@ def test_an_operation_is_picked_by_name() -> None:
     assert query_cost(SCHEMA, doc, operation_name="B") == 5
     assert query_cost(SCHEMA, doc, operation_name="A") == 1
     assert query_cost(SCHEMA, doc, operation_name="C") == 0  # execution refuses it
+
+
+def test_a_kept_answer_is_given_only_when_the_variables_it_read_agree() -> None:
+    """One parsed document, asked again and again as a server asks it: every answer
+    equals a fresh walk of the document's text, whatever the order of the calls."""
+    document = parse(
+        "query($on: Boolean!, $n: Int, $id: ID!) { invoice(id: $id) { id } "
+        "invoices(first: $n) @include(if: $on) { nodes { lines { id } } } }"
+    )
+    text = print_ast(document)
+    cases = [
+        {"on": True, "n": 5, "id": "a"},
+        {"on": False, "n": 5, "id": "b"},
+        {"on": False, "n": 50, "id": "c"},  # $n is not read when $on is false
+        {"on": True, "n": 50, "id": "d"},
+        {"on": True, "id": "e"},  # $n missing: the default page
+        {"on": True, "n": True, "id": "f"},  # True == 1, but not a page size
+        {"on": True, "n": 1, "id": "g"},
+        {"on": True, "n": 5, "id": "h"},
+    ]
+    for variables in cases * 2:
+        assert query_cost(SCHEMA, document, variables) == query_cost(SCHEMA, text, variables)
+    assert query_cost(SCHEMA, document, cases[0]) == 1 + 1 + 5 * (1 + L)
+    assert query_cost(SCHEMA, document, cases[1]) == 1
+    assert query_cost(SCHEMA, document, cases[5]) == 1 + 1 + DEFAULT_PAGE_SIZE * (1 + L)
+    assert query_cost(SCHEMA, document, cases[6]) == 1 + 1 + 1 * (1 + L)
