@@ -5,8 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, exists, func, select, union_all
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    exists,
+    func,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from models import Account, Organization, Role, TeamMembership, User
 from models.base import UtcDateTime
@@ -42,8 +55,16 @@ class Viewer:
 # --------------------------------------------------------------------------- still so?
 
 
-@lru_cache(maxsize=2)
-def still_holds(member: bool) -> ColumnElement[bool]:
+def one_of(column: Any, name: str, arrays: bool) -> ColumnElement[bool]:
+    """``column IN (:name...)``; with ``arrays`` (PostgreSQL) ``column = ANY(:name)``,
+    one array parameter however many values it holds."""
+    if arrays:
+        return column == any_(bindparam(name, type_=ARRAY(BigInteger())))
+    return column.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=4)
+def still_holds(member: bool, arrays: bool = False) -> ColumnElement[bool]:
     """True while a person's ``Viewer`` read earlier is still exactly who they are: the
     user active with the same role in the same organization, the organization's
     currency, zone and test clock unchanged and, for a member, the same visible
@@ -70,9 +91,7 @@ def still_holds(member: bool) -> ColumnElement[bool]:
     ).subquery("visible")
     mine = visible.c.user_id == bindparam("v_user")
     count = select(func.count(func.distinct(visible.c.account_id))).where(mine)
-    outside = exists().where(
-        mine, visible.c.account_id.not_in(bindparam("v_accounts", expanding=True))
-    )
+    outside = exists().where(mine, ~one_of(visible.c.account_id, "v_accounts", arrays))
     return and_(person, count.scalar_subquery() == bindparam("v_count"), ~outside)
 
 

@@ -43,7 +43,7 @@ from resolvers.query import (
     invoices_statement,
     payments_statement,
 )
-from resolvers.viewer import Viewer, holds_params, still_holds
+from resolvers.viewer import Viewer, holds_params, one_of, still_holds
 from schema import filters as f
 from schema.enums import SortDirection
 
@@ -85,13 +85,15 @@ class SingleRoot:
     id_types: tuple[str, ...]
     document_type: str | None = None
 
-    def statement(self, sql: str, member: bool) -> Select[Any]:
+    def statement(self, sql: str, member: bool, arrays: bool = False) -> Select[Any]:
+        """The row's JSON by id; with ``arrays`` (PostgreSQL) a member's accounts bind
+        as one array, so the statement compiles once for any number of them."""
         t = self.table
         where = [t.c.id == bindparam("pk"), t.c.organization_id == bindparam("org")]
         if self.document_type is not None:
             where.append(t.c.document_type == self.document_type)
         if member:
-            where.append(t.c.account_id.in_(bindparam("accounts", expanding=True)))
+            where.append(one_of(t.c.account_id, "accounts", arrays))
         return select(literal_column(sql, String)).select_from(t).where(*where)
 
 
@@ -128,6 +130,10 @@ ConnectionPart = tuple[str, Any]
 class SingleAnswer:
     node: Node
     statements: dict[tuple[str, bool, bool], Select[Any]] = field(default_factory=dict)
+    # PostgreSQL: each statement compiled once, its SQL and its parameters' order.
+    compiled: dict[tuple[str, bool, bool], tuple[str, tuple[str, ...]]] = field(
+        default_factory=dict
+    )
 
     async def run(
         self,
@@ -141,12 +147,13 @@ class SingleAnswer:
         # Built once per plan, dialect, currency, scope kind and check, with the id,
         # the organization and a member's accounts as parameters.
         member = who.account_ids is not None
+        pg = conn.dialect.name == "postgresql"
         key = (sql[0], member, confirm)
         stmt: Select[Any] | None = self.statements.get(key)
         if stmt is None:
-            stmt = root.statement(sql[0], member)
+            stmt = root.statement(sql[0], member, arrays=pg)
             if confirm:
-                viewer = _viewer_row(who)
+                viewer = _viewer_row(who, arrays=pg)
                 guarded: Select[Any] = select(
                     viewer.c.holds, case((viewer.c.holds, stmt.scalar_subquery()))
                 )
@@ -159,20 +166,34 @@ class SingleAnswer:
         if who.account_ids is not None:
             params["accounts"] = sorted(who.account_ids)
         if confirm:
-            holds, value = (await conn.execute(stmt, {**params, **holds_params(who)})).one()
+            params.update(holds_params(who))
+        result: Any
+        if pg:
+            # The SQL as compiled once, its values in order: no compilation per request.
+            compiled = self.compiled.get(key)
+            if compiled is None:
+                done = stmt.compile(dialect=conn.dialect)
+                compiled = self.compiled[key] = (done.string, tuple(done.positiontup or ()))
+            text, names = compiled
+            result = await conn.exec_driver_sql(text, tuple(params[n] for n in names))
+        else:
+            result = await conn.execute(stmt, params)
+        if confirm:
+            holds, value = result.one()
             if not holds:
                 return None
         else:
-            value = (await conn.execute(stmt, params)).scalar()
+            value = result.scalar()
         return "null" if value is None else str(value)
 
     def nodes(self) -> list[Node]:
         return [self.node]
 
 
-def _viewer_row(who: Viewer) -> Any:
+def _viewer_row(who: Viewer, arrays: bool = False) -> Any:
     """One row, one column: whether ``who`` still holds."""
-    return select(still_holds(who.account_ids is not None).label("holds")).subquery("viewer")
+    holds = still_holds(who.account_ids is not None, arrays)
+    return select(holds.label("holds")).subquery("viewer")
 
 
 @dataclass
