@@ -13,23 +13,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from cross_web import HTTPException
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UNSET
 
 from app.analytics_exports import analytics_export_routes
 from app.auth import TokenError, authenticate, bearer_token
 from app.connections import LiveConnection
 from app.documents import document_routes
-from app.edge import Edge, StrictGraphQLRequests
+from app.edge import Edge, EdgeRefusal, StrictGraphQLRequests
 from app.exports import export_routes
 from app.graphiql import graphiql_page, graphiql_routes
 from app.graphql import build_schema
@@ -48,6 +51,8 @@ from resolvers.viewer import Viewer
 from services.clock import Clock
 
 log = logging.getLogger("deskbill")
+# Where the known-read lane leaves its sub-response for Strawberry's path.
+_SUB_RESPONSE = "deskbill.sub_response"
 
 
 class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
@@ -73,6 +78,74 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
         self.known_reads = state.services["known_reads"] = KnownReads(
             schema, state.settings, buckets
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope=scope, receive=receive)
+        response, context = await self._known_lane(request)
+        if response is None:
+            try:
+                response = await self.run(request, context=context)
+            except HTTPException as refused:  # as strawberry's own __call__ answers it
+                response = PlainTextResponse(refused.reason, status_code=refused.status_code)
+        await response(scope, receive, send)
+
+    async def _known_lane(self, request: Request) -> tuple[Response | None, Any]:
+        """A known read (app/known_reads.py) answered straight from the request: the
+        body parsed once, the viewer kept or read on the request's connection, the
+        answer encoded as Strawberry would. Anything else — or a known read that
+        steps aside — returns no response, and the context to go on with (UNSET when
+        nothing was started), so the ordinary path charges and reads nothing twice."""
+        headers = request.headers
+        if not self.state.settings.compiled_reads or not self.known_reads:
+            return None, UNSET
+        if "application/json" not in headers.get("content-type", ""):
+            return None, UNSET
+        if self._get_stream_transport_from_headers(headers) is not None:
+            return None, UNSET
+        # Read once and kept by the request; a body over the bound raises to the edge,
+        # exactly as on the ordinary path.
+        body = await request.body()
+        try:
+            token = bearer_token(headers.get("authorization"))
+            parsed = self.parse_json(body)
+        except (TokenError, EdgeRefusal):
+            return None, UNSET  # the ordinary path refuses it, coded
+        query, name = parsed.get("query"), parsed.get("operationName")
+        if token is None or not self.known_reads.knows(query, name):
+            return None, UNSET
+        sub_response = await super().get_sub_response(request)
+        request.scope[_SUB_RESPONSE] = sub_response
+        context = self._context(request, sub_response)
+        context.token = token
+        async with _read_connection(self.state.read_engine) as connection:
+            context.connection = connection
+            try:
+                kept = self.known_reads.kept_viewer(token, context)
+                if kept is not None:
+                    context.viewer, context.viewer_unconfirmed = kept, True
+                else:
+                    await self._read_viewer(context)
+                result = None
+                if context.viewer is not None:
+                    context.known_read_tried = True
+                    result = await self.known_reads.answer(
+                        context, query, name, parsed.get("variables")
+                    )
+            finally:
+                context.connection = None
+        if result is None:
+            return None, context
+        self.known_reads.lane_answered += 1
+        response_data = await self.process_result(request, result)
+        return self.create_response(response_data, sub_response), context
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        # The known-read lane's, when it handed the request on with its context.
+        kept = request.scope.get(_SUB_RESPONSE)
+        return kept if isinstance(kept, Response) else await super().get_sub_response(request)
 
     def _context(self, request: Any, response: Any) -> RequestContext:
         state = self.state
@@ -165,7 +238,7 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
         context: RequestContext = kwargs["context"]
         data: GraphQLRequestData = kwargs["request_data"]
         query, name, variables = data.query, data.operation_name, data.variables
-        if kwargs["request_adapter"].method == "POST":
+        if kwargs["request_adapter"].method == "POST" and not context.known_read_tried:
             known = await self.known_reads.answer(context, query, name, variables)
             if known is not None:
                 return known

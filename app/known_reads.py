@@ -17,6 +17,12 @@ a refusal of any kind, bad variables or arguments, a database error, an operatio
 the compiled path steps aside for. If the buckets were already charged, the
 ordinary path is told (``RequestContext.admission``) and charges nothing again.
 
+The HTTP view (``app.asgi``) answers a known read before Strawberry's request
+handling starts: it parses the body once (the same strict parser), reads or keeps
+the viewer on the request's connection and encodes the answer as Strawberry would. A
+request it cannot answer goes on down Strawberry's path with the same context, so
+nothing is charged or read twice.
+
 The viewer, too, need not cost a statement of its own. A person's viewer read for a
 Deskbill token is kept (bounded) by that token; when a known read comes with the
 same token, its signature and expiry are checked as always and the kept viewer
@@ -75,6 +81,7 @@ class KnownReads:
         self._viewers: dict[str, Viewer] = {}
         self.answered = 0  # requests this path answered (tests, and a look in a debugger)
         self.viewers_confirmed = 0  # ... with a kept viewer, confirmed in its statement
+        self.lane_answered = 0  # ... straight from the request (app/asgi.py), no Strawberry
 
     def __len__(self) -> int:
         return len(self._known)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -167,6 +168,10 @@ async def running(state: AppState, *, start_worker: bool | None = None) -> Async
                 metrics.record_billing_run if isinstance(metrics, Metrics) else None,
             )
         )
+    # Everything built so far (schema, statements, models, libraries) lives as long as
+    # the process: out of the collector's sight, so its full collections stay short.
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:

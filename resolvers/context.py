@@ -58,6 +58,9 @@ class RequestContext:
     # read again: only a known read may use it, and its statement confirms it
     # (``resolvers.viewer.still_holds``); anything else authenticates first.
     viewer_unconfirmed: bool = False
+    # The HTTP view's known-read lane already tried this request (and may have charged
+    # its cost): the ordinary path must not try it again.
+    known_read_tried: bool = False
     _loaders: Loaders | None = None
 
     def now(self, org: Organization | None = None) -> datetime:

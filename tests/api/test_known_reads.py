@@ -60,6 +60,7 @@ async def test_a_repeated_read_answers_as_the_strawberry_path_in_one_statement(
             api.stop_counting()
             reference = await post(plain, query, variables, token)
             assert known(api).answered == answered + 1, (query[:20], role)
+            assert known(api).lane_answered == known(api).answered  # never via Strawberry
             assert again.status_code == first.status_code == 200
             assert again.json() == first.json() == reference.json(), (query[:20], role)
             # The answer, which also confirms the viewer kept from the first request.
