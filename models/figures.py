@@ -194,21 +194,16 @@ CONTRIBUTIONS = (
             JOIN organizations o ON o.id = r.organization_id
             JOIN invoices i ON i.id = r.invoice_id""",
     ),
-    Contribution(
-        open_dues,
-        "invoices",
-        f"""SELECT r.organization_id, r.due_date, r.total - r.amount_paid - r.credit_applied, 1
-            FROM {{r}} r
-            WHERE r.status IN {OPEN} AND r.document_type = 'INVOICE'
-              AND r.total - r.amount_paid - r.credit_applied > 0""",
-    ),
-    Contribution(
-        open_accounts,
-        "invoices",
-        f"""SELECT r.organization_id, r.account_id, r.total - r.amount_paid - r.credit_applied, 1
-            FROM {{r}} r
-            WHERE r.status IN {OPEN} AND r.document_type = 'INVOICE'
-              AND r.total - r.amount_paid - r.credit_applied > 0""",
+    *(
+        Contribution(
+            rollup,
+            "invoices",
+            f"""SELECT r.organization_id, r.{key}, r.total - r.amount_paid - r.credit_applied, 1
+                FROM {{r}} r
+                WHERE r.status IN {OPEN} AND r.document_type = 'INVOICE'
+                  AND r.total - r.amount_paid - r.credit_applied > 0""",
+        )
+        for rollup, key in ((open_dues, "due_date"), (open_accounts, "account_id"))
     ),
 )
 

@@ -723,8 +723,11 @@ async def receivables_aging(session: AsyncSession, scope: Scope, as_of: date) ->
             func.count(case((hit, 1), else_=None)),
         ]
     stmt = select(*measures, func.count(func.distinct(rows.c.account_id)))
-    found = [int(v) for v in (await session.execute(stmt)).one()]
-    accounts = found.pop()
+    return _aging(as_of, [int(v) for v in (await session.execute(stmt)).one()])
+
+
+def _aging(as_of: date, found: list[int]) -> Aging:
+    """From each bucket's balance and count, in order, then the number of accounts."""
     buckets = [
         BucketFigures(b, found[2 * i], found[2 * i + 1]) for i, b in enumerate(AGING_BUCKETS)
     ]
@@ -732,7 +735,7 @@ async def receivables_aging(session: AsyncSession, scope: Scope, as_of: date) ->
         as_of=as_of,
         balance=sum(b.balance for b in buckets),
         count=sum(b.count for b in buckets),
-        account_count=accounts,
+        account_count=found[-1],
         buckets=buckets,
     )
 
@@ -771,20 +774,8 @@ async def _aging_from_rollups(session: AsyncSession, scope: Scope, as_of: date) 
             _sum(case((hit, rows.c.count), else_=_zero())),
         ]
     accounts = select(func.count()).select_from(_owing_accounts(scope).subquery())
-    found = [
-        int(v) for v in (await session.execute(select(*measures, accounts.scalar_subquery()))).one()
-    ]
-    account_count = found.pop()
-    buckets = [
-        BucketFigures(b, found[2 * i], found[2 * i + 1]) for i, b in enumerate(AGING_BUCKETS)
-    ]
-    return Aging(
-        as_of=as_of,
-        balance=sum(b.balance for b in buckets),
-        count=sum(b.count for b in buckets),
-        account_count=account_count,
-        buckets=buckets,
-    )
+    stmt = select(*measures, accounts.scalar_subquery())
+    return _aging(as_of, [int(v) for v in (await session.execute(stmt)).one()])
 
 
 def _page_size(first: int | None) -> int | None:
