@@ -380,8 +380,8 @@ class _Batch:
         self.today = invoices.local_today(org, now)
         self.horizon = invoices.next_billing_date(org, self.today)
         self.totals = totals
-        # Never bound and never flushed: it only collects what ``events.record`` adds.
-        self.recorder = AsyncSession()
+        # Collects what ``events.record`` adds, as plain values (no ORM state per event).
+        self.recorder = events.Recorder()
         self.loaded_invoices: dict[int, tuple[object, ...]] = {}
         self.invoice_rows: dict[int, Invoice] = {}
         self.loaded_plans: dict[int, tuple[object, ...]] = {}
@@ -391,7 +391,7 @@ class _Batch:
         self.new_allocations: list[dict[str, Any]] = []
         self.discarded: list[int] = []
         # Finalized invoices in number order, with the events that carry the number.
-        self.numbered: list[tuple[Invoice, list[Event]]] = []
+        self.numbered: list[tuple[Invoice, list[events.RecordedEvent]]] = []
 
     def remember_invoice(self, invoice: Invoice) -> None:
         self.loaded_invoices[invoice.id] = _snapshot(invoice, _INVOICE_CHANGES)
@@ -407,7 +407,7 @@ class _Batch:
         sequence gives them the highest ids, in creation order)."""
         return (0, invoice.id) if invoice.id > 0 else (1, -invoice.id)
 
-    def record(self, type: str, account_id: int, **fields: Any) -> Event:
+    def record(self, type: str, account_id: int, **fields: Any) -> events.RecordedEvent:
         return events.record(
             self.recorder,
             organization_id=self.org.id,
@@ -758,7 +758,7 @@ class _Batch:
 
     async def write(self, session: AsyncSession, sequences: dict[str, str]) -> None:
         """Reserve numbers and ids, then write the batch: one statement per table."""
-        recorded: list[Event] = list(self.recorder.info.get("events", []))
+        recorded: list[events.RecordedEvent] = list(self.recorder.info.get("events", []))
         invoices_new = sum(1 for inv, _ in self.numbered if inv.total >= 0)
         notes_new = len(self.numbered) - invoices_new
         ids = (

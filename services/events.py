@@ -6,8 +6,9 @@ sequence numbers, and subscribers read the rows back from the table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -67,8 +68,43 @@ def known_event_types() -> frozenset[str]:
     )
 
 
+@dataclass(slots=True, kw_only=True)
+class RecordedEvent:
+    """An event row not yet written: what ``Recorder`` collects (``Event``'s columns)."""
+
+    organization_id: int
+    type: str
+    account_id: int | None
+    invoice_id: int | None
+    payment_id: int | None
+    credit_note_id: int | None
+    refund_id: int | None
+    actor_user_id: int | None
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+class Recorder:
+    """Stands for a session where the caller only wants the events recorded in order
+    (``info["events"]``): no unit of work, no ORM state per event."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, list[Any]] = {}
+
+    def add(self, row: object) -> None:
+        pass  # the caller writes what it collected
+
+
+@overload
 def record(
-    session: AsyncSession,
+    session: Recorder, *, organization_id: int, type: str, at: datetime, **fields: Any
+) -> RecordedEvent: ...
+@overload
+def record(
+    session: AsyncSession, *, organization_id: int, type: str, at: datetime, **fields: Any
+) -> Event: ...
+def record(
+    session: AsyncSession | Recorder,
     *,
     organization_id: int,
     type: str,
@@ -80,9 +116,13 @@ def record(
     refund_id: int | None = None,
     actor_user_id: int | None = None,
     **payload: Any,
-) -> Event:
-    """Add one event row to the session; it commits (or not) with the change."""
-    event = Event(
+) -> Event | RecordedEvent:
+    """Add one event row to the session; it commits (or not) with the change.
+
+    A ``Recorder`` in place of the session only collects the events (the batched
+    billing run writes them itself, in bulk) as plain ``RecordedEvent`` values."""
+    make = RecordedEvent if isinstance(session, Recorder) else Event
+    event = make(
         organization_id=organization_id,
         type=type,
         account_id=account_id,

@@ -42,7 +42,7 @@ def unpaid_status_now(invoice: Invoice, today: date, overdue_after_days: int) ->
 
 
 def settle(
-    session: AsyncSession,
+    session: AsyncSession | events.Recorder,
     invoice: Invoice,
     org: Organization,
     now: datetime,
@@ -74,7 +74,7 @@ def settle(
 
 
 def set_status(
-    session: AsyncSession,
+    session: AsyncSession | events.Recorder,
     invoice: Invoice,
     target: InvoiceStatus,
     now: datetime,
@@ -115,7 +115,7 @@ def set_status(
 
 
 def mark_milestones(
-    session: AsyncSession, invoice: Invoice, target: InvoiceStatus, now: datetime
+    session: AsyncSession | events.Recorder, invoice: Invoice, target: InvoiceStatus, now: datetime
 ) -> None:
     """Fire "became due" and "became overdue" once each, on first entry."""
     if target in (InvoiceStatus.DUE, InvoiceStatus.OVERDUE) and invoice.became_due_at is None:
@@ -141,7 +141,7 @@ def mark_milestones(
 
 
 def _settle_credit_note(
-    session: AsyncSession, note: Invoice, now: datetime, actor_user_id: int | None
+    session: AsyncSession | events.Recorder, note: Invoice, now: datetime, actor_user_id: int | None
 ) -> None:
     target = CreditNoteStatus.AVAILABLE if note.credit_remaining > 0 else CreditNoteStatus.CONSUMED
     if note.credit_note_status == target:

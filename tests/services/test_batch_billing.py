@@ -461,10 +461,12 @@ async def test_two_workers_share_the_work_without_double_billing_or_gaps(pg_name
         )
         assert not any(r.failures for r in results)
         # Every account is billed by one worker; the other skips it (held) or, when it
-        # comes after the commit, finds nothing left to do.
+        # comes after the commit, finds nothing left to do — or, when it lists the work
+        # after the first worker's commits (a loaded machine), does not see it at all.
         assert sum(r.invoices_finalized for r in results) == 60
         assert sum(r.plan_periods_added for r in results) == 60
-        assert all(r.accounts_skipped + r.accounts_processed == 60 for r in results)
+        assert all(r.accounts_skipped + r.accounts_processed <= 60 for r in results)
+        assert max(r.accounts_skipped + r.accounts_processed for r in results) == 60
         db = create_sessionmaker(first)
         async with db() as session:
             numbers = sorted(
