@@ -43,7 +43,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, func, or_, select, text
 from sqlalchemy.dialects import postgresql
@@ -64,6 +64,7 @@ from models import (
     PlanStatus,
     PlanSubscription,
 )
+from models.base import Base
 from models.enums import OUTSTANDING_STATUSES
 from services import billing, credit, events, invoices, money, plans
 from services.billing import (
@@ -104,6 +105,42 @@ _INVOICE_CHANGES = (
 )
 _PLAN_CHANGES = ("billed_through", "status")
 _SETTLED_BY_TIME = (InvoiceStatus.UPCOMING, InvoiceStatus.DUE)
+
+
+M = TypeVar("M", bound=Base)
+
+
+def _plain(model: type[M]) -> type[M]:
+    """A slotted stand-in for ``model``: its columns as plain attributes and its Python
+    properties (``Invoice.balance_due``…), without the ORM's instrumentation, which
+    cost the batch a third of its time in attribute reads and writes. The batch's rows
+    are these; the engine's functions it calls read and write them as the model's."""
+    table: Table = model.__table__  # type: ignore[assignment]
+    names = tuple(column.key for column in table.columns)
+    properties = {
+        key: value
+        for klass in reversed(model.__mro__)
+        for key, value in vars(klass).items()
+        if isinstance(value, property)
+    }
+
+    def __init__(self: object, **values: object) -> None:
+        for name in names:
+            setattr(self, name, values.get(name))
+
+    attributes: dict[str, object] = {"__slots__": names, "__init__": __init__, **properties}
+    return type(f"Plain{model.__name__}", (), attributes)  # type: ignore[return-value]
+
+
+def _rows_of(plain: type[M], model: type[Base], rows: Any) -> list[M]:
+    """Plain stand-ins of ``model`` from rows of all its columns, in table order."""
+    table: Table = model.__table__  # type: ignore[assignment]
+    names = [column.key for column in table.columns]
+    return [plain(**dict(zip(names, row, strict=True))) for row in rows]
+
+
+_PlainInvoice = _plain(Invoice)
+_PlainPlan = _plain(PlanSubscription)
 
 
 def batched_engine_applies(sessionmaker: Sessionmaker, limits: BillingLimits) -> bool:
@@ -283,20 +320,25 @@ async def bill_batch(
     org = await session.get(Organization, organization_id, populate_existing=True)
     if org is None:
         return {}
-    subscriptions = list(
-        await session.scalars(
-            select(PlanSubscription)
+    plan_table: Table = PlanSubscription.__table__  # type: ignore[assignment]
+    invoice_table: Table = Invoice.__table__  # type: ignore[assignment]
+    subscriptions = _rows_of(
+        _PlainPlan,
+        PlanSubscription,
+        await session.execute(
+            select(*plan_table.columns)
             .where(
                 PlanSubscription.account_id.in_(locked),
                 PlanSubscription.status == PlanStatus.ACTIVE,
             )
             .order_by(PlanSubscription.id)
-            .execution_options(populate_existing=True)
-        )
+        ),
     )
-    open_invoices = list(
-        await session.scalars(
-            select(Invoice)
+    open_invoices = _rows_of(
+        _PlainInvoice,
+        Invoice,
+        await session.execute(
+            select(*invoice_table.columns)
             .where(
                 Invoice.account_id.in_(locked),
                 or_(
@@ -305,8 +347,7 @@ async def bill_batch(
                 ),
             )
             .order_by(Invoice.id)
-            .execution_options(populate_existing=True)
-        )
+        ),
     )
     pending_ids = [inv.id for inv in open_invoices if inv.status == InvoiceStatus.PENDING]
     totals: dict[int, _Lines] = {i: _Lines() for i in pending_ids}
@@ -478,7 +519,7 @@ class _Batch:
             ):
                 return invoice
         org = self.org
-        invoice = Invoice(
+        invoice = _PlainInvoice(
             id=-(len(self.new_invoices) + 1),
             organization_id=org.id,
             account_id=rows.account_id,
