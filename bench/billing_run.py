@@ -113,6 +113,11 @@ async def build(url: str, copies: int) -> None:
                     f"FROM {name}, generate_series(1, {copies - 1}) AS g"
                 )
             )
+            # Fresh statistics, and so fresh plans: the foreign-key checks of the next
+            # table were planned (and cached on this connection) while this one held the
+            # five template rows, as sequential scans that a 100,000-row copy makes
+            # quadratic.
+            await conn.execute(text(f"ANALYZE {name}"))
             await conn.execute(
                 text(
                     f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
