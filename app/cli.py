@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run the billing clock without serving HTTP")
     export = sub.add_parser("export", help="write an export's CSV (as /exports/KIND.csv)")
     export.add_argument(
-        "kind", help="invoices, invoice-items, payments, credit-notes, refunds, events"
+        "kind",
+        help="invoices, invoice-items, payments, credit-notes, credit-allocations, refunds, events",
     )
     export.add_argument("--org", required=True, help="slug or id")
     export.add_argument("--filter", default=None, help="the graph's filter as JSON")
