@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from datetime import date, datetime
 from pathlib import Path
 
@@ -23,6 +24,12 @@ from weasyprint.urls import URLFetcher
 
 from services import money
 from services.documents import Document, DocumentTooLargeError
+
+# WeasyPrint embeds font subsets made by fontTools, which stamps each subset's ``head``
+# table with the time of the render unless SOURCE_DATE_EPOCH (the reproducible-builds
+# convention) fixes it: without this the same document differs from second to second.
+# Set once, before any thread runs; an operator's own value is kept.
+os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01T00:00:00Z
 
 TEMPLATES = Path(__file__).with_name("templates")
 # Past the line cap of services.documents this can only be reached by very long

@@ -8,6 +8,7 @@ import base64
 import io
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -62,7 +63,9 @@ async def _set_issuer(api: Api, world: World, **fields: object) -> dict[str, obj
     return issuer
 
 
-async def test_a_member_downloads_a_correct_invoice_pdf(api: Api, world: World) -> None:
+async def test_a_member_downloads_a_correct_invoice_pdf(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     issuer = await _set_issuer(
         api, world, legalName="Harbour Works Ltd", address="1 Quay Street\nBristol BS1",
         taxId="GB123456789", logoBase64=base64.b64encode(_png()).decode(),
@@ -102,6 +105,11 @@ async def test_a_member_downloads_a_correct_invoice_pdf(api: Api, world: World) 
 
     again = await _get(api, url, world.tokens["admin"])
     assert again[1] == pdf  # the same rows, the same bytes
+    # An hour later too: nothing in the file (fontTools' font subsets stamp the time
+    # unless told otherwise) depends on when it was drawn.
+    later = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert (await _get(api, url, world.tokens["admin"]))[1] == pdf
 
     status, html, media = await _get(api, url.replace(".pdf", ".html"), world.tokens["alice"])
     assert status == 200 and media.startswith("text/html")
