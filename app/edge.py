@@ -166,7 +166,7 @@ class Edge:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(scope, receive, send)
+            await self.guard(scope, receive, send, self.app)
         elif scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         else:
@@ -183,14 +183,16 @@ class Edge:
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def guard(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """Run ``app`` on an HTTP request with everything above (the known-read lane in
+        front of the application guards its requests with this too)."""
         token = request_id.set(_incoming_request_id(scope) or uuid.uuid4().hex)
         try:
-            await self._guarded(scope, receive, send)
+            await self._guarded(scope, receive, send, app)
         finally:
             request_id.reset(token)
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         too_large = EdgeRefusal(
             413,
             PAYLOAD_TOO_LARGE,
@@ -256,7 +258,7 @@ class Edge:
 
         try:
             async with deadline:
-                await self.app(scope, bounded_receive, edge_send)
+                await app(scope, bounded_receive, edge_send)
         except EdgeRefusal as refusal:
             if started:
                 raise

@@ -208,21 +208,29 @@ class HttpMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = route_of(scope.get("path", ""))
-        status = 500  # what the client sees if the app raises before answering
-        started = time.perf_counter()
+        await metered(self.metrics, scope, receive, send, self.app)
 
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
 
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            self.metrics.http_latency.labels(route).observe(time.perf_counter() - started)
-            self.metrics.http_requests.labels(route, scope.get("method", ""), str(status)).inc()
+async def metered(
+    metrics: Metrics, scope: Scope, receive: Receive, send: Send, app: ASGIApp
+) -> None:
+    """Run ``app`` on an HTTP request, counting and timing it by route and status (the
+    known-read lane in front of the application meters its requests with this too)."""
+    route = route_of(scope.get("path", ""))
+    status = 500  # what the client sees if the app raises before answering
+    started = time.perf_counter()
+
+    async def send_and_note(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        await send(message)
+
+    try:
+        await app(scope, receive, send_and_note)
+    finally:
+        metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+        metrics.http_requests.labels(route, scope.get("method", ""), str(status)).inc()
 
 
 class OperationMetrics(SchemaExtension):

@@ -172,15 +172,15 @@ class PersistedQueryMiddleware:
         body, more = await _read(receive)
         if more or (b"persistedQuery" not in body and self.store.mode != "only"):
             # Too large to be ours to judge (the body limit answers it), or nothing to do.
-            await self.app(scope, _replay(body, receive, more), send)
+            await self.app(scope, replay(body, receive, more), send)
             return
         try:
             payload = json.loads(body)
         except ValueError:
-            await self.app(scope, _replay(body, receive, more), send)  # the view says why
+            await self.app(scope, replay(body, receive, more), send)  # the view says why
             return
         if not isinstance(payload, dict):
-            await self.app(scope, _replay(body, receive, more), send)
+            await self.app(scope, replay(body, receive, more), send)
             return
         try:
             resolved = self.store.resolve(payload)
@@ -190,7 +190,7 @@ class PersistedQueryMiddleware:
         if resolved is not payload:
             body = json.dumps(resolved).encode()
             scope = {**scope, "headers": _with_length(scope.get("headers", []), len(body))}
-        await self.app(scope, _replay(body, receive, False), send)
+        await self.app(scope, replay(body, receive, False), send)
 
 
 async def _read(receive: Receive) -> tuple[bytes, bool]:
@@ -210,7 +210,8 @@ async def _read(receive: Receive) -> tuple[bytes, bool]:
             return b"".join(chunks), True
 
 
-def _replay(body: bytes, receive: Receive, more: bool) -> Receive:
+def replay(body: bytes, receive: Receive, more: bool = False) -> Receive:
+    """A ``receive`` that gives ``body`` (already read) first, then goes on as ``receive``."""
     sent = False
 
     async def replay() -> Message:
