@@ -19,6 +19,14 @@ request_id: ContextVar[str] = ContextVar("deskbill_request_id", default=NO_REQUE
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
+# Neither format names a thread, a process or the line that logged: records need not
+# look them up (the logging documentation's own advice for a busy process; the access
+# log writes a record per request).
+logging.logThreads = False
+logging.logProcesses = False
+logging.logMultiprocessing = False
+logging._srcfile = None
+
 
 def current_request_id() -> str:
     return request_id.get()

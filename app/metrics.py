@@ -66,12 +66,17 @@ def route_of(path: str) -> str:
     return "other"
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
     """The process's instruments, on a registry of their own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Each (route, method, status)'s two series, looked up once rather than per request.
+        self._http_series: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
         self.http_requests = Counter(
             "deskbill_http_requests", "HTTP requests by route, method and status.",
             ["route", "method", "status"], registry=r,
@@ -131,6 +136,20 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self._operation_names: set[str] = set()
+
+    def count_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One HTTP request answered: counted by route, method and status, and timed."""
+        if method not in _METHODS:
+            method = "OTHER"  # a client's made-up method cannot grow the registry
+        key = (route, method, status)
+        series = self._http_series.get(key)
+        if series is None:
+            series = self._http_series[key] = (
+                self.http_latency.labels(route),
+                self.http_requests.labels(route, method, str(status)),
+            )
+        series[0].observe(seconds)
+        series[1].inc()
 
     def operation_label(self, name: str | None) -> str:
         if not name:
@@ -229,8 +248,7 @@ async def metered(
     try:
         await app(scope, receive, send_and_note)
     finally:
-        metrics.http_latency.labels(route).observe(time.perf_counter() - started)
-        metrics.http_requests.labels(route, scope.get("method", ""), str(status)).inc()
+        metrics.count_http(route, scope.get("method", ""), status, time.perf_counter() - started)
 
 
 class OperationMetrics(SchemaExtension):

@@ -9,6 +9,7 @@ import contextlib
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.database import create_engine, create_sessionmaker
+from app.metrics import Metrics
 from app.worker import billing_loop
 from tests.api.conftest import Api
 from tests.world import World
@@ -128,3 +129,18 @@ async def test_billing_runs_of_the_worker_loop_are_counted(api: Api, world: Worl
     assert _value(after, "deskbill_billing_runs_total", outcome="ok") == 1
     assert _value(after, "deskbill_billing_run_seconds_count") == 1
     assert _value(after, "deskbill_billing_accounts_total", outcome="billed") >= 1
+
+
+def test_made_up_http_methods_cannot_grow_the_registry() -> None:
+    metrics = Metrics()
+    for n in range(50):
+        metrics.count_http("/graphql", f"BREW{n}", 405, 0.001)
+    metrics.count_http("/graphql", "POST", 200, 0.002)
+    counted = {
+        (sample.labels["method"], sample.labels["status"]): sample.value
+        for family in metrics.registry.collect()
+        if family.name == "deskbill_http_requests"
+        for sample in family.samples
+        if sample.name == "deskbill_http_requests_total"
+    }
+    assert counted == {("OTHER", "405"): 50, ("POST", "200"): 1}
