@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import Integer, Select, func, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schema.ids import pk_within_range
@@ -149,7 +149,16 @@ def page_statement(
         bound = tuple_(*values)
         filtered = stmt.where(row_key < bound if ordering.descending else row_key > bound)
     direction = [k.desc() if ordering.descending else k.asc() for k in keys]
-    return filtered.add_columns(*keys).order_by(*direction).limit(limit + 1)
+    # The bound is written into the SQL, not sent as a parameter: with ``LIMIT $n``
+    # PostgreSQL's generic plan has to assume a large page and sorts the whole table
+    # (50 ms for a page of invoices), so it plans every execution afresh (1-2 ms,
+    # a third of the statement's time); with the number in the text the generic plan
+    # reads the sort's index and is reused. The page size is a bounded int.
+    return (
+        filtered.add_columns(*keys)
+        .order_by(*direction)
+        .limit(literal_column(str(int(limit) + 1), Integer))
+    )
 
 
 async def paginate(
