@@ -1,6 +1,10 @@
 """The Starlette application: /graphql (HTTP and graphql-transport-ws), /healthz,
 and the routes added by the payment and export modules.
 
+A request goes through the HTTP metrics, CORS, the edge (``app.edge``), persisted
+queries and the routes; a known read (``app.known_reads``) is answered by
+``KnownReadLane`` in front of all that, under the same metrics and edge guard.
+
 ``create_app`` is the one factory used by the CLI, the tests and the benchmarks; it
 takes an engine and a clock so tests can share their database and move time.
 """
