@@ -202,10 +202,40 @@ class SingleAnswer:
         return [self.node]
 
 
+async def _fetch(conn: AsyncConnection, compiled: _Compiled) -> list[Any]:
+    """The rows of a compiled statement on PostgreSQL: straight to asyncpg when no one
+    listens for statements, else through SQLAlchemy (the tests counting them)."""
+    sync = conn.sync_connection
+    if sync is not None and not sync.dispatch.before_cursor_execute:
+        driver: AsyncpgConnection = sync.connection.driver_connection
+        return list(await driver.fetch(compiled.text, *compiled.values))
+    return list((await conn.exec_driver_sql(compiled.text, compiled.values)).all())
+
+
 def _viewer_row(who: Viewer, arrays: bool = False) -> Any:
     """One row, one column: whether ``who`` still holds."""
     holds = still_holds(who.account_ids is not None, arrays)
     return select(holds.label("holds")).subquery("viewer")
+
+
+# PostgreSQL: pages' statements as compiled for one viewer and one set of arguments
+# (no cursor), at most this many in the process (a few kilobytes each). Building a
+# page's statement costs more Python than the rest of the answer; the same viewer
+# asking for the same first page again (a dashboard, a list refreshed) reuses it. The
+# key holds everything a statement is built from: the root, the selection's SQL,
+# whether it counts, the viewer check, the whole viewer and the arguments.
+MEMO_SIZE = 512
+_memo: dict[tuple[object, ...], _Compiled] = {}
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A page's statement as SQL and its parameters' values in order, for the driver,
+    and how many sort keys end each row."""
+
+    text: str
+    values: tuple[Any, ...]
+    width: int
 
 
 @dataclass
@@ -227,9 +257,50 @@ class ListAnswer:
         sql: list[str],
         confirm: bool = False,
     ) -> str | None:
-        base, ordering = root.page(who, args)
         limit = page_size(args.get("first"))
         after = args.get("after")
+        memo_key: tuple[object, ...] | None = None
+        compiled: _Compiled | None = None
+        if conn.dialect.name == "postgresql" and after is None:
+            args_text = repr(sorted(args.items()))
+            memo_key = (root.type_name, tuple(sql), self.wants_total, confirm, who, args_text)
+            compiled = _memo.get(memo_key)
+        rows: list[Any]
+        if compiled is None:
+            params = holds_params(who) if confirm else {}
+            stmt, ordering = self._statement(root, who, args, sql, confirm, limit, after)
+            width = len(ordering.keys)
+            if memo_key is None:
+                rows = list((await conn.execute(stmt, params)).all())
+            else:
+                compiled = self._remember(memo_key, stmt, params, width, conn)
+        if compiled is not None:
+            width = compiled.width
+            rows = await _fetch(conn, compiled)
+        if confirm:
+            if not rows or not rows[0][-1]:
+                return None
+            rows = [r[:-1] for r in rows]
+        total = int(rows[0][0]) if rows else 0
+        pk_at = 1 + len(sql)
+        # The page's id is NULL only on the outer join's row of an empty page.
+        rows = [r for r in rows if r[pk_at] is not None]
+        has_next = len(rows) > limit
+        rows = rows[:limit]
+        cursors = [encode_cursor(list(r[-width:])) for r in rows] if self.wants_cursors else []
+        return self._render(rows, cursors, total, has_next, after is not None)
+
+    def _statement(
+        self,
+        root: ListRoot,
+        who: Viewer,
+        args: Args,
+        sql: list[str],
+        confirm: bool,
+        limit: int,
+        after: str | None,
+    ) -> tuple[Select[Any], Ordering]:
+        base, ordering = root.page(who, args)
         # The page is chosen on ids and sort keys only (a narrow subquery, read from
         # the sort's index); the rows are joined back by primary key for the JSON.
         pk = root.table.c.id
@@ -254,25 +325,34 @@ class ListAnswer:
             stmt = stmt.select_from(
                 rows_from if viewer is None else viewer.outerjoin(rows_from, true())
             )
-        params: dict[str, Any] = {}
         if viewer is not None:
-            # Last, so every other column keeps its place; read and dropped below.
+            # Last, so every other column keeps its place; read and dropped by ``run``.
             stmt = stmt.add_columns(viewer.c.holds)
-            params = holds_params(who)
         direction = [k.desc() if ordering.descending else k.asc() for k in keys]
-        rows: list[Any] = list((await conn.execute(stmt.order_by(*direction), params)).all())
-        if confirm:
-            if not rows or not rows[0][-1]:
-                return None
-            rows = [r[:-1] for r in rows]
-        total = int(rows[0][0]) if rows else 0
-        pk_at = 1 + len(nodes)
-        # The page's id is NULL only on the outer join's row of an empty page.
-        rows = [r for r in rows if r[pk_at] is not None]
-        has_next = len(rows) > limit
-        rows = rows[:limit]
-        cursors = [encode_cursor(list(r[-width:])) for r in rows] if self.wants_cursors else []
-        return self._render(rows, cursors, total, has_next, after is not None)
+        return stmt.order_by(*direction), ordering
+
+    def _remember(
+        self,
+        key: tuple[object, ...],
+        stmt: Select[Any],
+        params: dict[str, Any],
+        width: int,
+        conn: AsyncConnection,
+    ) -> _Compiled:
+        state = stmt.compile(dialect=conn.dialect).construct_expanded_state(params)
+        processors = state.processors
+        values = [
+            # As SQLAlchemy would send them: through each type's bind processor.
+            processors[name](value) if name in processors else value
+            for name, value in zip(
+                state.positiontup or (), state.positional_parameters, strict=True
+            )
+        ]
+        compiled = _Compiled(state.statement, tuple(values), width)
+        if len(_memo) >= MEMO_SIZE:
+            _memo.clear()
+        _memo[key] = compiled
+        return compiled
 
     def _render(
         self, rows: list[Any], cursors: list[str], total: int, has_next: bool, has_previous: bool
