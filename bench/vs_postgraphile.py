@@ -802,9 +802,9 @@ class Measurement:
 
 
 def postgres_cpu_seconds() -> float:
-    """User + system CPU time so far of every PostgreSQL process on this machine (from
-    /proc): the database's share of the two cores, per request below. The servers'
-    connections stay open through a measurement, so no backend's time is lost."""
+    """User + system CPU time so far of PostgreSQL on this machine (from /proc): every
+    live postgres process's own, plus what the postmaster has reaped from backends that
+    ended (its children's times), so that a connection closing mid-run loses nothing."""
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -814,7 +814,8 @@ def postgres_cpu_seconds() -> float:
         if "(postgres)" not in raw[: raw.rindex(")") + 1]:
             continue
         fields = raw[raw.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
+        # utime, stime, then cutime, cstime: children waited for (only the postmaster's).
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return total / CLOCK_TICKS
 
 
