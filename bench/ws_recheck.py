@@ -79,9 +79,11 @@ async def run(count: int, url: str, recheck: float, window: float) -> dict[str, 
     durations: list[float] = []
     original = DeskbillGraphQL._authenticate
 
-    async def timed(self: DeskbillGraphQL, context: Any, token: str) -> None:
+    async def timed(
+        self: DeskbillGraphQL, context: Any, token: str, connection: Any = None
+    ) -> None:
         started = time.perf_counter()
-        await original(self, context, token)
+        await original(self, context, token, connection)
         durations.append(time.perf_counter() - started)
 
     selects = 0
