@@ -289,8 +289,8 @@ class DeskbillGraphQL(StrictGraphQLRequests, GraphQL[RequestContext, None]):
 
 class KnownReadLane:
     """In front of the whole application: a POST to /graphql that is a known read
-    (app/known_reads.py) is answered here, under the same HTTP metrics and edge guard
-    (``Edge.guard``: request id, body bound, deadline, coded refusals) as any request,
+    (app/known_reads.py) is answered here, under the same HTTP metrics and an ``Edge``
+    of its own (request id, body bound, deadline, coded refusals) as any request,
     but without the middleware stack and the routing in between, which took a quarter
     of such a read's CPU. A request the lane does not answer goes on with its body and
     the context it started into the stack just inside the edge (``inner``, where
@@ -298,8 +298,8 @@ class KnownReadLane:
     goes through the whole stack (``app``).
 
     A browser's request (an ``Origin`` header) skips the lane when CORS is configured,
-    since only the stack adds CORS headers; so does every request when only persisted
-    queries are allowed, and a request for a persisted query goes on untried."""
+    since only the stack adds CORS headers; a request for a persisted query goes on
+    untried. There is no lane when only persisted queries are allowed."""
 
     def __init__(
         self,
@@ -310,18 +310,17 @@ class KnownReadLane:
     ) -> None:
         self.graphql = graphql
         self.metrics = metrics
-        self.settings = settings
         self.cors = bool(settings.cors_origins)
         self.persisted = persisted.mode
+        self.guarded = Edge(self._answer, settings)  # the edge, around the lane's answer
         self.app: ASGIApp | None = None
         self.inner: ASGIApp | None = None
-        self.edge: Edge | None = None
         self.answered = 0  # known reads answered here, in front of the stack
 
     def front(self, app: ASGIApp) -> ASGIApp:
         """The lane in front of ``app``, the stack built with ``LaneJoin`` in it."""
         assert self.inner is not None, "the stack has no LaneJoin"
-        self.app, self.edge = app, Edge(app, self.settings)
+        self.app = app
         return self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -330,16 +329,11 @@ class KnownReadLane:
             scope["type"] != "http"
             or scope["method"] != "POST"
             or scope["path"] != GRAPHQL_PATH
-            or self.persisted == "only"
             or (self.cors and any(name == b"origin" for name, _ in scope["headers"]))
         ):
             await self.app(scope, receive, send)
             return
-        await metered(self.metrics, scope, receive, send, self._guarded)
-
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        assert self.edge is not None
-        await self.edge.guard(scope, receive, send, self._answer)
+        await metered(self.metrics, scope, receive, send, self.guarded)
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.inner is not None
@@ -455,6 +449,6 @@ def create_app(
         ],
     )
     app.state.deskbill = state
-    if settings.compiled_reads:
+    if settings.compiled_reads and persisted.mode != "only":
         app.lane = lane
     return app

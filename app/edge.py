@@ -173,7 +173,7 @@ class Edge:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self.guard(scope, receive, send, self.app)
+            await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         else:
@@ -190,16 +190,14 @@ class Edge:
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def guard(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
-        """Run ``app`` on an HTTP request with everything above (the known-read lane in
-        front of the application guards its requests with this too)."""
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = request_id.set(_incoming_request_id(scope) or new_request_id())
         try:
-            await self._guarded(scope, receive, send, app)
+            await self._guarded(scope, receive, send)
         finally:
             request_id.reset(token)
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         too_large = EdgeRefusal(
             413,
             PAYLOAD_TOO_LARGE,
@@ -265,7 +263,7 @@ class Edge:
 
         try:
             async with deadline:
-                await app(scope, bounded_receive, edge_send)
+                await self.app(scope, bounded_receive, edge_send)
         except EdgeRefusal as refusal:
             if started:
                 raise

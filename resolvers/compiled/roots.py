@@ -177,17 +177,7 @@ class SingleAnswer:
                 done = stmt.compile(dialect=conn.dialect)
                 compiled = self.compiled[key] = (done.string, tuple(done.positiontup or ()))
             text, names = compiled
-            values = [params[n] for n in names]
-            sync = conn.sync_connection
-            if sync is not None and not sync.dispatch.before_cursor_execute:
-                # Straight to asyncpg (its own prepared-statement cache), past
-                # SQLAlchemy's cursor and result machinery: the hottest statement there
-                # is. Whoever listens for statements (the tests counting them) gets the
-                # very same one through SQLAlchemy instead.
-                driver: AsyncpgConnection = sync.connection.driver_connection
-                row = await driver.fetchrow(text, *values)
-            else:
-                row = (await conn.exec_driver_sql(text, tuple(values))).one()
+            (row,) = await _fetch(conn, text, tuple(params[n] for n in names))
         else:
             row = (await conn.execute(stmt, params)).one()
         if confirm:
@@ -202,14 +192,16 @@ class SingleAnswer:
         return [self.node]
 
 
-async def _fetch(conn: AsyncConnection, compiled: _Compiled) -> list[Any]:
-    """The rows of a compiled statement on PostgreSQL: straight to asyncpg when no one
-    listens for statements, else through SQLAlchemy (the tests counting them)."""
+async def _fetch(conn: AsyncConnection, text: str, values: tuple[Any, ...]) -> list[Any]:
+    """The rows of compiled SQL on PostgreSQL: straight to asyncpg (its own
+    prepared-statement cache), past SQLAlchemy's cursor and result machinery, for the
+    hottest statements there are; whoever listens for statements (the tests counting
+    them) gets the very same one through SQLAlchemy instead."""
     sync = conn.sync_connection
     if sync is not None and not sync.dispatch.before_cursor_execute:
         driver: AsyncpgConnection = sync.connection.driver_connection
-        return list(await driver.fetch(compiled.text, *compiled.values))
-    return list((await conn.exec_driver_sql(compiled.text, compiled.values)).all())
+        return list(await driver.fetch(text, *values))
+    return list((await conn.exec_driver_sql(text, values)).all())
 
 
 def _viewer_row(who: Viewer, arrays: bool = False) -> Any:
@@ -276,7 +268,7 @@ class ListAnswer:
                 compiled = self._remember(memo_key, stmt, params, width, conn)
         if compiled is not None:
             width = compiled.width
-            rows = await _fetch(conn, compiled)
+            rows = await _fetch(conn, compiled.text, compiled.values)
         if confirm:
             if not rows or not rows[0][-1]:
                 return None
